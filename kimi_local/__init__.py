@@ -1,0 +1,3 @@
+"""kimi-local: Kimi-K2 on one workstation."""
+
+__version__ = "0.1.0"

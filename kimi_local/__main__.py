@@ -1,0 +1,3 @@
+from kimi_local.cli import main
+
+raise SystemExit(main())
