@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from kimi_local.model.fp8 import dequantize_torch
+from kimi_local.model.fp8 import dequantize
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,9 @@ class TorchReferenceExperts:
         out = torch.zeros_like(xf)
         for expert_id, rows, slots in group_by_expert(topk_ids.cpu().numpy()):
             w = self.source.get_expert(layer_idx, expert_id)
-            gate = dequantize_torch(torch.from_numpy(w.gate_q), torch.from_numpy(w.gate_s)).to(x.device)
-            up = dequantize_torch(torch.from_numpy(w.up_q), torch.from_numpy(w.up_s)).to(x.device)
-            down = dequantize_torch(torch.from_numpy(w.down_q), torch.from_numpy(w.down_s)).to(x.device)
+            gate = torch.from_numpy(dequantize(w.gate_q, w.gate_s)).to(x.device)
+            up = torch.from_numpy(dequantize(w.up_q, w.up_s)).to(x.device)
+            down = torch.from_numpy(dequantize(w.down_q, w.down_s)).to(x.device)
             rows_t = torch.from_numpy(rows).to(x.device)
             h = xf[rows_t]
             y = (torch.nn.functional.silu(h @ gate.T) * (h @ up.T)) @ down.T

@@ -1,0 +1,249 @@
+"""The engine: prompt token ids in, generated token ids out, for many requests at once.
+
+Scheduling follows nano-vllm's split: requests wait in a queue until a KV slot is free; a running request first
+prefills its prompt in chunks of `prefill_chunk` tokens (one chunk per step, so a long prompt never builds a full
+score matrix and never stalls decoding for long), then decodes. Every step that is not a prefill chunk decodes one
+token for every running request in a single forward pass (continuous batching), so each MoE layer reads its
+experts once per step for all of them.
+
+`step()` does one forward pass and returns what it produced. It is not thread-safe by itself; `add_request` and
+`abort` are, so a server thread can run `step()` in a loop while other threads submit and cancel.
+`generate()` is the synchronous single-request stream used by the CLI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from kimi_local.engine.sampling import SamplingParams, TokenLogprobs, make_generator, sample
+from kimi_local.model.deepseek import Batch, KimiModel, KVCache
+
+log = logging.getLogger(__name__)
+
+
+class ContextLengthError(ValueError):
+    """The prompt does not fit the configured context."""
+
+
+class EngineError(RuntimeError):
+    """A request failed inside the engine (the engine itself keeps serving)."""
+
+
+@dataclass
+class Request:
+    request_id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    output_ids: list[int] = field(default_factory=list)
+    slot: int | None = None
+    num_prefilled: int = 0
+    finish_reason: str | None = None  # "stop", "length", "abort", "error"
+    error: str | None = None
+    arrival_time: float = field(default_factory=time.perf_counter)
+    first_token_time: float | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    request_id: int
+    token_id: int | None  # None when the request ended without a new token (abort, error)
+    logprobs: TokenLogprobs | None
+    finish_reason: str | None
+    error: str | None = None
+
+
+@dataclass
+class EngineStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    decode_steps: int = 0
+    finished_requests: int = 0
+    failed_requests: int = 0
+
+
+class Engine:
+    def __init__(self, model: KimiModel, max_context: int = 4096, max_batch: int = 8, prefill_chunk: int = 512):
+        if max_context < 2:
+            raise ValueError("max_context must be at least 2")
+        self.model = model
+        self.config = model.config
+        self.max_context = max_context
+        self.max_batch = max_batch
+        self.prefill_chunk = max(1, prefill_chunk)
+        self.cache = KVCache.allocate(model.config, max_batch, max_context, model.dtype, model.device)
+        self.stats = EngineStats()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._incoming: deque[Request] = deque()
+        self._aborted: set[int] = set()
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []
+        self._free_slots = list(range(max_batch - 1, -1, -1))
+
+    # -- intake (thread-safe) ------------------------------------------------------------------------------
+    def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Request:
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        vocab = self.config.vocab_size
+        bad = next((t for t in prompt_ids if not 0 <= int(t) < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary (size {vocab})")
+        if len(prompt_ids) >= self.max_context:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.max_context} "
+                f"(prompt plus at least one generated token)"
+            )
+        request = Request(next(self._ids), [int(t) for t in prompt_ids], params, make_generator(params.seed))
+        with self._lock:
+            self._incoming.append(request)
+        return request
+
+    def abort(self, request_id: int) -> None:
+        with self._lock:
+            self._aborted.add(request_id)
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self._incoming or self._aborted or self._waiting or self._running)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting) + len(self._incoming)
+
+    # -- scheduling ----------------------------------------------------------------------------------------
+    def _finish(self, request: Request, reason: str, error: str | None = None) -> None:
+        request.finish_reason = reason
+        request.error = error
+        if request.slot is not None:
+            self._free_slots.append(request.slot)
+            request.slot = None
+        if request in self._running:
+            self._running.remove(request)
+        self.stats.finished_requests += 1
+        if reason == "error":
+            self.stats.failed_requests += 1
+
+    def _intake(self) -> list[StepOutput]:
+        outputs = []
+        with self._lock:
+            self._waiting.extend(self._incoming)
+            self._incoming.clear()
+            aborted, self._aborted = self._aborted, set()
+        if aborted:
+            for request in [r for r in itertools.chain(self._waiting, self._running) if r.request_id in aborted]:
+                if request in self._waiting:
+                    self._waiting.remove(request)
+                self._finish(request, "abort")
+                outputs.append(StepOutput(request.request_id, None, None, "abort"))
+        while self._waiting and self._free_slots:
+            request = self._waiting.popleft()
+            request.slot = self._free_slots.pop()
+            self._running.append(request)
+        return outputs
+
+    def step(self) -> list[StepOutput]:
+        """One forward pass: a prefill chunk of the oldest request still prefilling, else a decode batch."""
+        outputs = self._intake()
+        prefilling = next((r for r in self._running if r.num_prefilled < len(r.prompt_ids)), None)
+        try:
+            if prefilling is not None:
+                outputs += self._prefill_step(prefilling)
+            elif self._running:
+                outputs += self._decode_step(list(self._running))
+        except Exception as exc:  # a failing step fails its requests, never the engine
+            log.exception("engine step failed")
+            victims = [prefilling] if prefilling is not None else list(self._running)
+            for request in victims:
+                self._finish(request, "error", f"{type(exc).__name__}: {exc}")
+                outputs.append(StepOutput(request.request_id, None, None, "error", request.error))
+        return outputs
+
+    def _prefill_step(self, request: Request) -> list[StepOutput]:
+        start = request.num_prefilled
+        chunk = request.prompt_ids[start : start + self.prefill_chunk]
+        n = len(chunk)
+        device = self.model.device
+        batch = Batch(
+            torch.tensor(chunk, device=device),
+            torch.arange(start, start + n, device=device),
+            torch.full((n,), request.slot, device=device),
+            is_prefill=True,
+        )
+        t0 = time.perf_counter()
+        logits = self.model(batch, self.cache, logits_rows=torch.tensor([n - 1], device=device))
+        self.stats.prefill_seconds += time.perf_counter() - t0
+        self.stats.prompt_tokens += n
+        request.num_prefilled += n
+        if request.num_prefilled < len(request.prompt_ids):
+            return []
+        return [self._emit(request, logits[0])]
+
+    def _decode_step(self, requests: list[Request]) -> list[StepOutput]:
+        device = self.model.device
+        batch = Batch(
+            torch.tensor([r.output_ids[-1] for r in requests], device=device),
+            torch.tensor([r.num_tokens - 1 for r in requests], device=device),
+            torch.tensor([r.slot for r in requests], device=device),
+            is_prefill=False,
+        )
+        t0 = time.perf_counter()
+        logits = self.model(batch, self.cache)
+        self.stats.decode_seconds += time.perf_counter() - t0
+        self.stats.decode_steps += 1
+        return [self._emit(r, logits[i]) for i, r in enumerate(requests)]
+
+    def _emit(self, request: Request, logits: torch.Tensor) -> StepOutput:
+        token, logprobs = sample(logits, request.params, request.generator)
+        request.output_ids.append(token)
+        self.stats.generated_tokens += 1
+        if request.first_token_time is None:
+            request.first_token_time = time.perf_counter()
+        reason = None
+        if token in request.params.stop_ids:
+            reason = "stop"
+        elif len(request.output_ids) >= request.params.max_new_tokens or request.num_tokens >= self.max_context:
+            reason = "length"
+        if reason:
+            self._finish(request, reason)
+        return StepOutput(request.request_id, token, logprobs, reason)
+
+    # -- synchronous stream --------------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:
+        """Yields generated ids one by one (a stop id, when sampled, is yielded last)."""
+        request = self.add_request(prompt_ids, params)
+        try:
+            while not request.is_finished:
+                for out in self.step():
+                    if out.request_id != request.request_id:
+                        continue
+                    if out.error:
+                        raise EngineError(out.error)
+                    if out.token_id is not None:
+                        yield out.token_id
+        finally:
+            if not request.is_finished:
+                self.abort(request.request_id)
+                self._intake()
