@@ -1,0 +1,84 @@
+"""From a configuration to a running engine: checkpoint, expert backend, model, KV cache.
+
+Placement is decided here, once: the device and dtype of the resident layers, and which routed-expert backend
+computes the experts (which in turn owns where expert weights live).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from kimi_local.config import Config
+from kimi_local.engine.engine import Engine
+from kimi_local.model.checkpoint import Checkpoint
+from kimi_local.model.deepseek import KimiModel
+from kimi_local.model.experts import RoutedExperts, TorchReferenceExperts
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype '{name}' is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def make_experts(ckpt: Checkpoint, config: Config) -> RoutedExperts:
+    backend = config.engine.expert_backend
+    if backend == "torch":
+        return TorchReferenceExperts(ckpt)
+    if backend in ("auto", "numba"):
+        from kimi_local.kernels.cpu_experts import NumbaExperts
+
+        return NumbaExperts(ckpt, num_threads=config.engine.threads or physical_cores())
+    raise ValueError(f"expert_backend '{backend}' is not one of auto, numba, torch")
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: Checkpoint
+    model: KimiModel
+    engine: Engine
+    experts: RoutedExperts
+    path: Path
+
+
+def load(model_dir: str | Path, config: Config, progress: Callable[[int, int], None] | None = None) -> LoadedModel:
+    """`progress(done, total)` is called as layers load."""
+    ckpt = Checkpoint.open(model_dir)
+    device = resolve_device(config.engine.device)
+    dtype = resolve_dtype(config.engine.dtype, device)
+    experts = make_experts(ckpt, config)
+    total = ckpt.config.num_hidden_layers
+    model = KimiModel.from_checkpoint(
+        ckpt, experts, dtype=dtype, device=device,
+        progress=(lambda done: progress(done, total)) if progress else None,
+    )
+    model.prefetch_enabled = config.cache.prefetch
+    engine = Engine(model, config.engine.max_context, config.engine.max_batch, config.engine.prefill_chunk)
+    log.info("loaded %s on %s (%s), experts via %s", model_dir, device, dtype, type(experts).__name__)
+    return LoadedModel(ckpt, model, engine, experts, Path(model_dir))
