@@ -207,7 +207,6 @@ class MLA(nn.Module):
         length = start + n
         ctx_latent, ctx_pe = kv_cache[:length], pe_cache[:length]  # [L, r], [L, dr]
         mask = positions[:, None] < torch.arange(length, device=x.device)[None, :]  # [N, L] future keys
-        pe_scores = torch.einsum("nhd,ld->hnl", q_pe, ctx_pe)  # [H, N, L]
         heads = c.num_attention_heads
         dn, dv = c.qk_nope_head_dim, c.v_head_dim
         per_head = 4 * (n * length + length * (dn + dv))
@@ -217,7 +216,8 @@ class MLA(nn.Module):
             h1 = min(heads, h0 + group)
             kv = torch.einsum("lc,hdc->lhd", ctx_latent, self.kv_b[h0:h1])  # [L, g, dn+dv]
             k_nope, v = kv.split([dn, dv], dim=-1)
-            scores = torch.einsum("nhd,lhd->hnl", q_nope[:, h0:h1], k_nope) + pe_scores[h0:h1]
+            scores = torch.einsum("nhd,lhd->hnl", q_nope[:, h0:h1], k_nope)  # [g, N, L]
+            scores = scores + torch.einsum("nhd,ld->hnl", q_pe[:, h0:h1], ctx_pe)
             scores = (scores * self.scale).masked_fill(mask, float("-inf"))
             probs = scores.float().softmax(-1).to(x.dtype)
             out[:, h0:h1] = torch.einsum("hnl,lhd->nhd", probs, v)
