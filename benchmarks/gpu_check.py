@@ -10,7 +10,8 @@
      fraction of the copy bandwidth, against torch's bf16 matmul on the dequantized weight (2 bytes/weight);
      a small sweep of GEMV tile choices prints the best one next to the default;
    * the prefill GEMM (M = 512) in TFLOP/s against torch bf16;
-   * the fused GPU-tier MoE for one decode token (8 experts) in GB/s against a torch bf16 loop.
+   * the fused GPU-tier MoE for one decode token (8 experts) in GB/s against a torch bf16 loop;
+   * the absorbed MLA decode attention in GB/s of latent cache read.
    Weights rotate through enough copies to exceed 4x the L2 cache, so the numbers are DRAM numbers.
 3. Decode tokens/s on a checkpoint (the k2-slice preset has real Kimi layer shapes) through
    `kimi-local generate --json`: two runs, 1 and N new tokens, so that load and prefill cancel out.
@@ -155,6 +156,24 @@ def bench_moe(copy_gbps: float, reps: int, hidden=7168, inter=2048, num_slots=64
             "bf16_loop_us": t_bf16 * 1e6, "speedup_vs_bf16_loop": t_bf16 / t_fp8}
 
 
+def bench_mla(copy_gbps: float, reps: int) -> list[dict]:
+    """Absorbed decode attention, 64 heads, bf16 latent cache [B, T, 576], against the torch formula."""
+    from kimi_local.kernels.triton_mla import mla_decode, mla_decode_reference
+
+    rows = []
+    for batch, capacity in ((1, 4096), (1, 32768), (8, 4096)):
+        cache = torch.randn((batch, capacity, 576), device=DEVICE, dtype=torch.bfloat16)
+        q = torch.randn((batch, 64, 512), device=DEVICE, dtype=torch.bfloat16) * 0.05
+        q_pe = torch.randn((batch, 64, 64), device=DEVICE, dtype=torch.bfloat16) * 0.05
+        args = (q, q_pe, cache[..., :512], cache[..., 512:], 0.13)
+        t_triton = time_cuda(lambda i: mla_decode(*args), reps)
+        t_torch = time_cuda(lambda i: mla_decode_reference(*args), max(5, reps // 4))
+        gbps = cache.numel() * 2 / t_triton / 1e9
+        rows.append({"batch": batch, "tokens": capacity, "us": t_triton * 1e6, "gbps": gbps,
+                     "of_copy": gbps / copy_gbps, "torch_f32_us": t_torch * 1e6})
+    return rows
+
+
 def run_gpu_tests() -> dict:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests", "-q", "-p", "no:cacheprovider"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -203,6 +222,9 @@ def print_report(report: dict) -> None:
     moe = report["moe"]
     print(f"fused MoE, 1 token x 8 experts: {moe['fp8_us']:.1f} us, {moe['fp8_gbps']:.0f} GB/s "
           f"({moe['fp8_of_copy']:.0%} of copy), {moe['speedup_vs_bf16_loop']:.2f}x a torch bf16 loop")
+    for row in report["mla"]:
+        print(f"MLA decode B={row['batch']} T={row['tokens']}: {row['us']:.1f} us, {row['gbps']:.0f} GB/s of cache "
+              f"({row['of_copy']:.0%} of copy); torch float32 formula {row['torch_f32_us']:.1f} us")
     if "decode" in report:
         d = report["decode"]
         print(f"decode on {d['model']}: {d['decode_tokens_per_s']:.2f} tokens/s")
@@ -232,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         report["linear"].append(bench_linear(name, num_out, num_in, report["copy_gbps"], reps, not args.quick))
         torch.cuda.empty_cache()
     report["moe"] = bench_moe(report["copy_gbps"], reps)
+    report["mla"] = bench_mla(report["copy_gbps"], reps)
     model_dir = args.model
     if model_dir or args.make_k2_slice:
         try:
