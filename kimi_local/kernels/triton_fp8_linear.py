@@ -13,7 +13,8 @@ accumulation is float32. Three ideas keep it cheap:
   bit 15 gives exactly e4m3 / 256: the 4-bit exponent lands in fp16's 5-bit field, whose bias (15) is 8 more
   than e4m3's (7), and e4m3 subnormals become fp16 subnormals. The 256 is folded into the scale. This needs no
   fp8 hardware (Triton's fp8e4nv type needs sm_89+; Ampere workstation cards lack it) and behaves the same in
-  the interpreter. The decoded value is exact in fp16, bf16 and fp32.
+  the interpreter. The decoded value is exact in fp16, bf16 and fp32. (The NaN codes 0x7f/0xff, which no
+  checkpoint holds, come out as +-480 instead of NaN.)
 * Two launch shapes. Decode (M <= DECODE_MAX_M) is a GEMV: a program owns BLOCK_N weight rows and a slice of
   the K tiles (split-K, so that even N = 576 fills the GPU), reads each weight byte once for all M rows, and
   reduces with broadcast multiply + sum; split-K partials are summed by torch. Prefill is a tiled GEMM with
