@@ -18,6 +18,7 @@ from kimi_local import __version__
 COMMANDS = (
     "kimi_local.commands.generate",
     "kimi_local.commands.make_checkpoint",
+    "kimi_local.commands.prompt",
 )
 
 log = logging.getLogger("kimi_local")
