@@ -149,9 +149,11 @@ class ToolCallStreamParser:
         arguments = "".join(self._arguments)
         if error is None:
             error = arguments_error(arguments)
-        if not self._call_id:
-            error = "tool call has an empty id" + (f"; {error}" if error else "")
-        call = ToolCall(self._call_id, function_name(self._call_id), arguments, error)
+        name = function_name(self._call_id)
+        if not name:
+            problem = "tool call has an empty id" if not self._call_id else "tool call id names no function"
+            error = problem + (f"; {error}" if error else "")
+        call = ToolCall(self._call_id, name, arguments, error)
         if error:
             log.debug("malformed tool call %d: %s", self._index, error)
         events.append(ToolCallDone(self._index, call))

@@ -159,6 +159,8 @@ def test_malformed_calls_are_surfaced():
     assert calls[1].error is None and content == "after"
     _, calls = parse_tool_calls(OUTPUTS["empty id"])
     assert "empty id" in calls[0].error
+    _, calls = parse_tool_calls(SB + call("functions.:0", "{}") + SE)
+    assert calls[0].id == "functions.:0" and "names no function" in calls[0].error
     assert parse_tool_calls(OUTPUTS["junk between calls"])[1] == [ToolCall("functions.f:0", "f", "{}")]
     assert parse_tool_calls(OUTPUTS["content after section and a second section"])[0] == "abc"
 
