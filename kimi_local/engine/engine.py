@@ -89,7 +89,8 @@ class Engine:
         self.max_context = max_context
         self.max_batch = max_batch
         self.prefill_chunk = max(1, prefill_chunk)
-        self.cache = KVCache.allocate(model.config, max_batch, max_context, model.dtype, model.device)
+        self.cache = KVCache.allocate(model.config, max_batch, max_context, model.dtype,
+                                    model.placement.layer_devices)
         self.stats = EngineStats()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()

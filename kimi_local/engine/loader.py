@@ -17,6 +17,7 @@ from kimi_local.config import Config
 from kimi_local.engine.engine import Engine
 from kimi_local.model.checkpoint import Checkpoint
 from kimi_local.model.deepseek import KimiModel
+from kimi_local.model.placement import plan_placement
 from kimi_local.model.experts import RoutedExperts, TorchReferenceExperts
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,19 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"dtype '{name}' is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def gpu_budget_bytes(config: Config, device: torch.device) -> int:
+    """Bytes the resident layers and the KV cache may take on the GPU: the configured budget, else 90% of what
+    is free now; the GPU expert tier's budget comes off the top."""
+    if device.type != "cuda":
+        return 0
+    if config.engine.gpu_memory_gb > 0:
+        budget = int(config.engine.gpu_memory_gb * (1 << 30))
+    else:
+        free, _total = torch.cuda.mem_get_info(device)
+        budget = int(free * 0.9)
+    return max(0, budget - int(config.cache.gpu_gb * (1 << 30)))
 
 
 def make_experts(ckpt: Checkpoint, config: Config) -> RoutedExperts:
@@ -74,8 +88,11 @@ def load(model_dir: str | Path, config: Config, progress: Callable[[int, int], N
     dtype = resolve_dtype(config.engine.dtype, device)
     experts = make_experts(ckpt, config)
     total = ckpt.config.num_hidden_layers
+    kv_tokens = config.engine.max_batch * config.engine.max_context
+    placement = plan_placement(ckpt.config, device, dtype, gpu_budget_bytes(config, device), kv_tokens)
+    log.info("placement: %s", placement.report())
     model = KimiModel.from_checkpoint(
-        ckpt, experts, dtype=dtype, device=device,
+        ckpt, experts, placement=placement,
         progress=(lambda done: progress(done, total)) if progress else None,
     )
     model.prefetch_enabled = config.cache.prefetch

@@ -30,6 +30,7 @@ from kimi_local.model.checkpoint import Checkpoint
 from kimi_local.model.config import ModelConfig
 from kimi_local.model.experts import RoutedExperts
 from kimi_local.model.fp8 import dequantize
+from kimi_local.model.placement import Placement
 from kimi_local.model.rope import RotaryEmbedding
 
 INNER_NORM_EPS = 1e-6  # q_a_layernorm / kv_a_layernorm use the default eps in HF, whatever the config says
@@ -67,6 +68,18 @@ LinearFactory = Callable[[Checkpoint, str, torch.dtype, torch.device], nn.Module
 def dequantized_linear(ckpt: Checkpoint, prefix: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
     codes, scales = ckpt.fp8_weight(prefix)
     return Linear(torch.from_numpy(dequantize(codes, scales)).to(device=device, dtype=dtype))
+
+
+def fp8_linear(ckpt: Checkpoint, prefix: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Keeps the checkpoint's fp8 codes and scales (1 byte per weight) and computes with the block-fp8 kernels."""
+    from kimi_local.kernels.fp8_linear import Fp8Linear
+
+    codes, scales = ckpt.fp8_weight(prefix)
+    return Fp8Linear(torch.from_numpy(codes.copy()).to(device), torch.from_numpy(scales.copy()).to(device))
+
+
+def linear_for(device: torch.device) -> LinearFactory:
+    return fp8_linear if device.type == "cuda" else dequantized_linear
 
 
 class MLP(nn.Module):
@@ -133,25 +146,27 @@ class MoE(nn.Module):
 
 @dataclass
 class KVCache:
-    """Compressed MLA cache: per layer, slot and position the normalized latent and the rotated rope key."""
+    """Compressed MLA cache: per layer, slot and position the normalized latent and the rotated rope key.
+    Each layer's part lives on that layer's device."""
 
-    kv: torch.Tensor  # [layers, slots, max_len, kv_lora_rank]
-    pe: torch.Tensor  # [layers, slots, max_len, qk_rope_head_dim]
+    kv: list[torch.Tensor]  # per layer [slots, max_len, kv_lora_rank]
+    pe: list[torch.Tensor]  # per layer [slots, max_len, qk_rope_head_dim]
 
     @classmethod
     def allocate(cls, config: ModelConfig, num_slots: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device | str) -> "KVCache":
-        shape = (config.num_hidden_layers, num_slots, max_len)
-        return cls(torch.empty(*shape, config.kv_lora_rank, dtype=dtype, device=device),
-                   torch.empty(*shape, config.qk_rope_head_dim, dtype=dtype, device=device))
+                 device: "torch.device | str | tuple[torch.device, ...]") -> "KVCache":
+        devices = device if isinstance(device, tuple) else (torch.device(device),) * config.num_hidden_layers
+        shape = (num_slots, max_len)
+        return cls([torch.empty(*shape, config.kv_lora_rank, dtype=dtype, device=d) for d in devices],
+                   [torch.empty(*shape, config.qk_rope_head_dim, dtype=dtype, device=d) for d in devices])
 
     @property
     def num_slots(self) -> int:
-        return self.kv.shape[1]
+        return self.kv[0].shape[0]
 
     @property
     def max_len(self) -> int:
-        return self.kv.shape[2]
+        return self.kv[0].shape[1]
 
     @staticmethod
     def bytes_per_token(config: ModelConfig, dtype: torch.dtype) -> int:
@@ -201,7 +216,7 @@ class MLA(nn.Module):
         n = x.shape[0]
         positions = torch.arange(start, start + n, device=x.device)
         q_nope, q_pe, latent, k_pe = self._project(x, positions)
-        kv_cache, pe_cache = cache.kv[self.layer_idx, slot], cache.pe[self.layer_idx, slot]
+        kv_cache, pe_cache = cache.kv[self.layer_idx][slot], cache.pe[self.layer_idx][slot]
         kv_cache[start : start + n] = latent
         pe_cache[start : start + n] = k_pe
         length = start + n
@@ -249,9 +264,11 @@ class MLA(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, layer_idx: int, input_norm: RMSNorm, attn: MLA, post_norm: RMSNorm, ffn: nn.Module):
+    def __init__(self, layer_idx: int, input_norm: RMSNorm, attn: MLA, post_norm: RMSNorm, ffn: nn.Module,
+                 device: torch.device):
         super().__init__()
         self.layer_idx = layer_idx
+        self.device = device
         self.input_layernorm = input_norm
         self.self_attn = attn
         self.post_attention_layernorm = post_norm
@@ -270,7 +287,7 @@ class Batch:
 
 class KimiModel(nn.Module):
     def __init__(self, config: ModelConfig, embed: torch.Tensor, layers: list[Block], norm: RMSNorm,
-                 lm_head: torch.Tensor, experts: RoutedExperts, dtype: torch.dtype, device: torch.device):
+                 lm_head: torch.Tensor, experts: RoutedExperts, placement: Placement):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Parameter(embed, requires_grad=False)
@@ -278,61 +295,68 @@ class KimiModel(nn.Module):
         self.norm = norm
         self.lm_head = nn.Parameter(lm_head, requires_grad=False)
         self.experts = experts
-        self.dtype = dtype
-        self.device = device
+        self.placement = placement
+        self.dtype = placement.dtype
+        self.device = placement.embed_device  # where a step's input ids go
         self.prefetch_enabled = True
         self.routing_hooks: list[RoutingHook] = []
 
     # -- loading -------------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, experts: RoutedExperts, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu", linear: LinearFactory = dequantized_linear,
-                        overlap_experts: bool = True, progress: Callable[[int], None] | None = None) -> "KimiModel":
-        """Builds the non-expert part of the model from `ckpt`; routed experts stay with `experts`."""
+                        device: str | torch.device = "cpu", placement: Placement | None = None,
+                        linear: LinearFactory | None = None, overlap_experts: bool = True,
+                        progress: Callable[[int], None] | None = None) -> "KimiModel":
+        """Builds the resident part of the model from `ckpt` (routed experts stay with `experts`), on one device
+        or as `placement` says. Linear layers: block-fp8 kernels on CUDA, dequantized weights on the CPU, unless
+        `linear` overrides the choice."""
         c = ckpt.config
-        device = torch.device(device)
-        rope = RotaryEmbedding(c, device)
+        placement = placement or Placement.uniform(c.num_hidden_layers, device, dtype)
+        ropes: dict[torch.device, RotaryEmbedding] = {}
         executor = ThreadPoolExecutor(1, thread_name_prefix="kimi-experts") if overlap_experts else None
 
-        def norm(name: str, eps: float) -> RMSNorm:
-            return RMSNorm(ckpt.tensor(name, dtype, device), eps)
-
         layers = []
-        for i in range(c.num_hidden_layers):
+        for i, dev in enumerate(placement.layer_devices):
+            make = linear or linear_for(dev)
+            rope = ropes.setdefault(dev, RotaryEmbedding(c, dev))
             p = f"model.layers.{i}"
             a = f"{p}.self_attn"
-            mods: dict[str, nn.Module] = {
-                "kv_a_proj_with_mqa": linear(ckpt, f"{a}.kv_a_proj_with_mqa", dtype, device),
-                "kv_a_layernorm": norm(f"{a}.kv_a_layernorm.weight", INNER_NORM_EPS),
-                "o_proj": linear(ckpt, f"{a}.o_proj", dtype, device),
-            }
-            if c.q_lora_rank is None:
-                mods["q_proj"] = linear(ckpt, f"{a}.q_proj", dtype, device)
-            else:
-                mods["q_a_proj"] = linear(ckpt, f"{a}.q_a_proj", dtype, device)
-                mods["q_a_layernorm"] = norm(f"{a}.q_a_layernorm.weight", INNER_NORM_EPS)
-                mods["q_b_proj"] = linear(ckpt, f"{a}.q_b_proj", dtype, device)
-            kv_b = torch.from_numpy(dequantize(*ckpt.fp8_weight(f"{a}.kv_b_proj"))).to(device=device, dtype=dtype)
-            attn = MLA(c, i, mods, kv_b, rope)
+
+            def norm(name: str, eps: float) -> RMSNorm:
+                return RMSNorm(ckpt.tensor(name, dtype, dev), eps)
 
             def mlp(prefix: str) -> MLP:
-                return MLP(*(linear(ckpt, f"{prefix}.{proj}", dtype, device) for proj in ("gate_proj", "up_proj", "down_proj")))
+                return MLP(*(make(ckpt, f"{prefix}.{proj}", dtype, dev) for proj in ("gate_proj", "up_proj", "down_proj")))
 
+            mods: dict[str, nn.Module] = {
+                "kv_a_proj_with_mqa": make(ckpt, f"{a}.kv_a_proj_with_mqa", dtype, dev),
+                "kv_a_layernorm": norm(f"{a}.kv_a_layernorm.weight", INNER_NORM_EPS),
+                "o_proj": make(ckpt, f"{a}.o_proj", dtype, dev),
+            }
+            if c.q_lora_rank is None:
+                mods["q_proj"] = make(ckpt, f"{a}.q_proj", dtype, dev)
+            else:
+                mods["q_a_proj"] = make(ckpt, f"{a}.q_a_proj", dtype, dev)
+                mods["q_a_layernorm"] = norm(f"{a}.q_a_layernorm.weight", INNER_NORM_EPS)
+                mods["q_b_proj"] = make(ckpt, f"{a}.q_b_proj", dtype, dev)
+            kv_b = torch.from_numpy(dequantize(*ckpt.fp8_weight(f"{a}.kv_b_proj"))).to(device=dev, dtype=dtype)
+            attn = MLA(c, i, mods, kv_b, rope)
             if c.is_moe_layer(i):
-                router = Router(c, ckpt.tensor(f"{p}.mlp.gate.weight", torch.float32, device),
-                                ckpt.tensor(f"{p}.mlp.gate.e_score_correction_bias", torch.float32, device))
+                router = Router(c, ckpt.tensor(f"{p}.mlp.gate.weight", torch.float32, dev),
+                                ckpt.tensor(f"{p}.mlp.gate.e_score_correction_bias", torch.float32, dev))
                 shared = mlp(f"{p}.mlp.shared_experts") if c.n_shared_experts else None
                 ffn: nn.Module = MoE(i, router, shared, experts, executor)
             else:
                 ffn = mlp(f"{p}.mlp")
             layers.append(Block(i, norm(f"{p}.input_layernorm.weight", c.rms_norm_eps), attn,
-                                norm(f"{p}.post_attention_layernorm.weight", c.rms_norm_eps), ffn))
+                                norm(f"{p}.post_attention_layernorm.weight", c.rms_norm_eps), ffn, dev))
             if progress:
                 progress(i + 1)
-        embed = ckpt.tensor("model.embed_tokens.weight", dtype, device)
+        embed = ckpt.tensor("model.embed_tokens.weight", dtype, placement.embed_device)
         head_name = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
-        lm_head = ckpt.tensor(head_name, dtype, device)
-        return cls(c, embed, layers, norm("model.norm.weight", c.rms_norm_eps), lm_head, experts, dtype, device)
+        lm_head = ckpt.tensor(head_name, dtype, placement.head_device)
+        final_norm = RMSNorm(ckpt.tensor("model.norm.weight", dtype, placement.head_device), c.rms_norm_eps)
+        return cls(c, embed, layers, final_norm, lm_head, experts, placement)
 
     # -- forward -------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -341,16 +365,19 @@ class KimiModel(nn.Module):
         h = F.embedding(batch.input_ids, self.embed_tokens)
         if batch.is_prefill:
             slot, start = int(batch.slots[0]), int(batch.positions[0])
-        hooks = self.routing_hooks
-        hook = self._dispatch_hook if hooks else None
+        positions, slots = batch.positions, batch.slots
+        hook = self._dispatch_hook if self.routing_hooks else None
         num_layers = len(self.layers)
         predicted = None  # this layer's experts as guessed after the previous layer's attention
         for i, layer in enumerate(self.layers):
+            if h.device != layer.device:
+                h = h.to(layer.device)
+                positions, slots = positions.to(layer.device), slots.to(layer.device)
             x = layer.input_layernorm(h)
             if batch.is_prefill:
                 h = h + layer.self_attn.prefill(x, slot, start, cache)
             else:
-                h = h + layer.self_attn.decode(x, batch.positions, batch.slots, cache)
+                h = h + layer.self_attn.decode(x, positions, slots, cache)
             x = layer.post_attention_layernorm(h)
             next_predicted = self._predict(i, h) if i + 1 < num_layers else None
             if isinstance(layer.mlp, MoE):
@@ -359,7 +386,8 @@ class KimiModel(nn.Module):
                 h = h + layer.mlp(x)
             predicted = next_predicted
         if logits_rows is not None:
-            h = h[logits_rows]
+            h = h[logits_rows.to(h.device)]
+        h = h.to(self.lm_head.device)
         return F.linear(self.norm(h), self.lm_head).float()
 
     def _predict(self, layer_idx: int, h: torch.Tensor) -> torch.Tensor | None:
