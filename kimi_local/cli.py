@@ -18,6 +18,9 @@ from kimi_local import __version__
 COMMANDS = (
     "kimi_local.commands.generate",
     "kimi_local.commands.make_checkpoint",
+    "kimi_local.commands.info",
+    "kimi_local.commands.verify",
+    "kimi_local.commands.config_cmd",
     "kimi_local.commands.prompt",
 )
 
@@ -31,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"kimi-local {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug); show tracebacks")
+    parser.add_argument("--config", dest="config_path", metavar="PATH",
+                        help="config file (default: $KIMI_LOCAL_CONFIG, else kimi-local.toml in the user config dir; "
+                        "see `kimi-local config path`)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(subparsers)

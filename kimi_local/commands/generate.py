@@ -8,6 +8,7 @@ import sys
 import time
 
 from kimi_local.commands.common import add_model_argument, load_config, progress_bar, resolve_model_dir
+from kimi_local.settings import add_config_flags
 
 
 def _ids(text: str) -> list[int]:
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--stop-ids", type=_ids, default=None, metavar="ID,ID", help="stop when one of these is generated")
     p.add_argument("--json", action="store_true", help='print one JSON object {"token_ids": [...], ...}')
+    add_config_flags(p, ("engine", "cache"))
     p.set_defaults(func=run)
 
 
