@@ -1,0 +1,73 @@
+"""API errors and their two wire shapes.
+
+Handlers raise `ApiError(status, message, param=...)`; the app renders it in the shape of the protocol the
+client speaks: OpenAI's `{"error": {"message", "type", "param", "code"}}` or Anthropic's
+`{"type": "error", "error": {"type", "message"}}`. The error type follows from the status unless given.
+Messages name the offending field or limit, never a file path or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+OPENAI_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+    429: "rate_limit_error", 500: "server_error", 503: "server_error",
+}
+ANTHROPIC_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    405: "invalid_request_error", 413: "request_too_large", 422: "invalid_request_error",
+    429: "rate_limit_error", 500: "api_error", 503: "overloaded_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type
+
+    def openai_body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type or OPENAI_TYPES.get(self.status, "server_error"),
+                          "param": self.param, "code": self.code}}
+
+    def anthropic_body(self) -> dict[str, Any]:
+        return {"type": "error", "error": {"type": self.type or ANTHROPIC_TYPES.get(self.status, "api_error"),
+                                           "message": self.message}}
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def from_validation_error(exc: ValidationError) -> ApiError:
+    """The first pydantic error as a 400 naming the field (`messages.0.role`), the way OpenAI names params."""
+    first = exc.errors(include_url=False)[0]
+    loc = ".".join(str(part) for part in first.get("loc", ()) if not str(part).startswith("function-"))
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "missing":
+        message = f"'{loc}' is a required property"
+    elif loc:
+        message = f"Invalid value for '{loc}': {message}"
+    return ApiError(400, message, param=loc or None, code="invalid_value" if first.get("type") != "missing" else None)
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 saying what is wrong with it."""
+    if not raw:
+        raise bad_request("the request body is empty; expected a JSON object", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    return body

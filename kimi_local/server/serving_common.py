@@ -1,0 +1,75 @@
+"""Translation pieces both protocols share: sampling parameters, ids, token text, SSE frames, body parsing.
+
+`n` choices become `n` SamplingParams; with a seed they get seeds seed, seed+1, ... so the choices differ from
+each other while the whole response stays reproducible. Without a token limit a reply may run to the end of
+the context (the engine stops there with "length").
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from kimi_local.engine.sampling import SamplingParams
+from kimi_local.server.errors import bad_request, from_validation_error, parse_json_body
+from kimi_local.text.tokenizer import KimiTokenizer
+
+DEFAULT_TEMPERATURE = 0.6  # Kimi-K2-Instruct's recommended temperature
+SEED_MASK = (1 << 63) - 1
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_request(request: Request, model: type[M]) -> M:
+    """The body parsed as JSON and validated into `model`; every problem is a 400 naming the field."""
+    body = parse_json_body(await request.body())
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+
+def sampling_params(n: int, prompt_tokens: int, max_context: int, stop_ids: frozenset[int], *,
+                    temperature: float | None, top_p: float | None, top_k: int | None, max_tokens: int | None,
+                    seed: int | None, logprobs: int | None) -> list[SamplingParams]:
+    room = max(1, max_context - prompt_tokens)
+    limit = room if max_tokens is None else max_tokens
+    try:
+        return [
+            SamplingParams(
+                temperature=DEFAULT_TEMPERATURE if temperature is None else temperature,
+                top_p=1.0 if top_p is None else top_p,
+                top_k=top_k or 0,
+                seed=None if seed is None else (seed + i) & SEED_MASK,
+                max_new_tokens=limit,
+                stop_ids=stop_ids,
+                logprobs=logprobs,
+            )
+            for i in range(n)
+        ]
+    except ValueError as exc:  # the protocol models check ranges first; this is the engine's own check
+        raise bad_request(str(exc)) from None
+
+
+def token_text(tokenizer: KimiTokenizer, token_id: int) -> tuple[str, list[int]]:
+    """A token's text (invalid UTF-8 replaced) and its raw bytes, as the logprobs fields want them."""
+    raw = tokenizer.token_bytes(token_id)
+    return raw.decode("utf-8", errors="replace"), list(raw)
+
+
+def sse(data: str | dict[str, Any], event: str | None = None) -> str:
+    """One server-sent event frame."""
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {payload}\n\n"
+
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
