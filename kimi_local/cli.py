@@ -22,6 +22,7 @@ COMMANDS = (
     "kimi_local.commands.verify",
     "kimi_local.commands.config_cmd",
     "kimi_local.commands.prompt",
+    "kimi_local.commands.serve",
 )
 
 log = logging.getLogger("kimi_local")
