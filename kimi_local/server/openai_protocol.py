@@ -52,6 +52,7 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extension: keep generating past <|im_end|> / [EOS] (benchmarks)
 
     @field_validator("stop")
     @classmethod

@@ -62,12 +62,13 @@ class ChatServing:
         state = self.state
         prompt: ChatPrompt = await asyncio.to_thread(
             build_chat_prompt, state.chat_format, req.messages, req.tools, _tool_choice(req))
+        stop_ids = frozenset() if req.ignore_eos else state.stop_ids
         params = sampling_params(
-            req.n, len(prompt.prompt_ids), state.max_context, state.stop_ids, temperature=req.temperature,
+            req.n, len(prompt.prompt_ids), state.max_context, stop_ids, temperature=req.temperature,
             top_p=req.top_p, top_k=req.top_k, max_tokens=req.token_limit, seed=req.seed,
             logprobs=(req.top_logprobs or 0) if req.logprobs else None)
         streams = submit_all(state.service, [prompt.prompt_ids] * req.n, params, "messages")
-        texts = [ChoiceText(i, state.tokenizer, state.stop_ids, req.stop_strings) for i in range(req.n)]
+        texts = [ChoiceText(i, state.tokenizer, stop_ids, req.stop_strings) for i in range(req.n)]
         replies = [Reply(prompt.parse_tools, prompt.forced_text) for _ in range(req.n)]
         run = _Run(state, req, request, prompt, texts, replies, new_id("chatcmpl-"))
         if req.stream:

@@ -54,13 +54,14 @@ class CompletionServing:
         state = self.state
         prompts = await asyncio.to_thread(prompt_id_lists, state, req.prompt)
         submissions, params = [], []
+        stop_ids = frozenset() if req.ignore_eos else state.stop_ids
         for ids in prompts:
             params += sampling_params(
-                req.n, len(ids), state.max_context, state.stop_ids, temperature=req.temperature, top_p=req.top_p,
+                req.n, len(ids), state.max_context, stop_ids, temperature=req.temperature, top_p=req.top_p,
                 top_k=req.top_k, max_tokens=req.token_limit, seed=req.seed, logprobs=req.logprobs)
             submissions += [ids] * req.n
         streams = submit_all(state.service, submissions, params, "prompt")
-        texts = [ChoiceText(i, state.tokenizer, state.stop_ids, req.stop_strings) for i in range(len(streams))]
+        texts = [ChoiceText(i, state.tokenizer, stop_ids, req.stop_strings) for i in range(len(streams))]
         run = _Run(state, req, request, prompts, texts)
         if req.stream:
             return StreamingResponse(run.stream(streams), media_type="text/event-stream", headers=SSE_HEADERS,

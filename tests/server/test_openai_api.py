@@ -98,6 +98,12 @@ def test_n_choices_sampled_together(client):
     assert [by_index[i] for i in range(3)] == texts
 
 
+def test_ignore_eos_generates_past_the_end_of_turn(scripted):
+    r = scripted.chat.completions.create(model="m", messages=MESSAGES, max_tokens=40, extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 40
+    assert r.choices[0].message.content == DEFAULT_REPLY  # <|im_end|> repeated is never shown
+
+
 def test_stop_sequence_on_scripted_text(scripted):
     r = scripted.chat.completions.create(model="m", messages=MESSAGES, stop=["fox", "nothing"])
     assert r.choices[0].message.content == "The quick brown "
