@@ -1,20 +1,19 @@
 """What a checkpoint costs: parameters and bytes by tier, and what decoding one token has to read.
 
-Two tiers, by placement. The routed experts (Kimi-K2: 60 MoE layers x 384) stay in native block-fp8 on the CPU
-side: RAM expert cache, misses streamed from NVMe. Everything else is resident on the engine's device: attention,
-the dense MLP, shared experts, routers, norms, embeddings and lm_head. Resident linears are held dequantized in
-the compute dtype (model/deepseek.py `Linear`), so their runtime size is parameters x dtype bytes, not the fp8
-bytes on disk; routers are kept in float32.
+Two tiers. The routed experts (Kimi-K2: 60 MoE layers x 384) stay in native block-fp8 on the CPU side: RAM
+expert cache (and a GPU hot tier when there is a GPU), misses streamed from NVMe. Everything else is resident:
+attention, the dense MLP, shared experts, routers, norms, embeddings and lm_head; what that costs in memory
+depends on where it is placed and in which dtype (`residency.py`). Here: the checkpoint's own figures, from the
+config alone (`layout.checkpoint_tensors`), so a 1 TB model can be sized before it is downloaded.
 
-Decoding one token (batch 1) reads: the k active experts of every MoE layer, every resident weight except the
-embedding table (one row), and the compressed KV cache of the context (per layer 512 + 64 values for Kimi-K2).
-`estimate_decode` turns those bytes into seconds with measured bandwidths and says what it assumed.
+Decoding one token (batch 1) reads the k active experts of every MoE layer, the resident weights, and the
+compressed KV cache of the context (per layer 512 + 64 values for Kimi-K2). `estimate_decode` turns those bytes
+into seconds with measured bandwidths and says what it assumed.
 """
-
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from kimi_local.model.config import ModelConfig
 from kimi_local.model.layout import checkpoint_tensors, is_ignored, layer_tensors
@@ -22,11 +21,11 @@ from kimi_local.model.layout import checkpoint_tensors, is_ignored, layer_tensor
 KERNEL_EFFICIENCY = 0.6  # block-fp8 expert GEMV and torch mv reach ~0.6 of the streaming-read rate (TOOLCHAIN.md)
 ASSUMED_DISK_BANDWIDTH = 2.0e9  # bytes/s when the disk was not probed: a modest NVMe read with O_DIRECT
 ASSUMED_GPU_BANDWIDTH = 1.0e12  # bytes/s when the GPU was not probed
-ROUTER_BYTES = 4  # routers are kept in float32
 
 
 @dataclass(frozen=True)
 class Footprint:
+    model: ModelConfig = field(compare=False, repr=False)  # what the figures describe
     hidden_size: int
     num_layers: int
     num_moe_layers: int
@@ -64,12 +63,6 @@ class Footprint:
     def expert_bytes_per_token(self) -> int:
         return self.num_moe_layers * self.experts_per_token * self.expert_bytes
 
-    def resident_runtime_bytes(self, dtype_bytes: int) -> int:
-        return (self.resident_params - self.router_params) * dtype_bytes + self.router_params * ROUTER_BYTES
-
-    def resident_read_bytes_per_token(self, dtype_bytes: int) -> int:
-        return self.resident_runtime_bytes(dtype_bytes) - (self.embedding_params - self.hidden_size) * dtype_bytes
-
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         return self.kv_values_per_token * dtype_bytes
 
@@ -97,7 +90,7 @@ def footprint(config: ModelConfig) -> Footprint:
                 t["router_params"] += params
     num_routed = len(moe_ids) * config.n_routed_experts
     return Footprint(
-        hidden_size=config.hidden_size, num_layers=config.num_hidden_layers, num_moe_layers=len(moe_ids),
+        model=config, hidden_size=config.hidden_size, num_layers=config.num_hidden_layers, num_moe_layers=len(moe_ids),
         experts_per_token=config.num_experts_per_tok, num_routed_experts=num_routed, num_tensors=t["tensors"],
         num_elements=t["elements"], routed_params=t["routed_params"], resident_params=t["resident_params"],
         embedding_params=t["embedding_params"], router_params=t["router_params"],
@@ -111,19 +104,24 @@ def footprint(config: ModelConfig) -> Footprint:
 class DecodeEstimate:
     tokens_per_s: float
     seconds_per_token: float
-    hit_rate: float  # fraction of expert reads served from the RAM cache
-    seconds: dict[str, float]  # by part: experts_ram, experts_disk, resident, kv
+    hit_rate: float  # fraction of expert reads served from memory (GPU tier + RAM cache) instead of disk
+    gpu_hit_rate: float  # the GPU tier's part of it
+    seconds: dict[str, float]  # by part: experts_gpu, experts_ram, experts_disk, resident_gpu, resident_cpu, kv
     assumptions: tuple[str, ...]
 
 
 def estimate_decode(fp: Footprint, *, ram_cache_bytes: int, memory_bandwidth: float, disk_bandwidth: float | None,
-                    resident_on_gpu: bool, dtype_bytes: int, gpu_bandwidth: float | None = None,
+                    cpu_read_bytes: int, gpu_read_bytes: int = 0, cpu_kv_bytes_per_token: int = 0,
+                    gpu_kv_bytes_per_token: int = 0, gpu_tier_bytes: int = 0, gpu_bandwidth: float | None = None,
                     context_tokens: int = 0) -> DecodeEstimate:
-    """Batch-1 decode speed: bytes each part reads per token over the bandwidth of what holds them."""
+    """Batch-1 decode speed: bytes each part reads per token over the bandwidth of what holds them.
+
+    `cpu_read_bytes`/`gpu_read_bytes`: resident weight bytes read per token on each side (residency.py);
+    `*_kv_bytes_per_token`: KV bytes per context token on each side."""
     if memory_bandwidth <= 0:
         raise ValueError(f"memory_bandwidth must be positive, got {memory_bandwidth}")
     assumptions = [
-        "routing spreads evenly over experts, so the RAM-cache hit rate is the cached fraction of all routed bytes "
+        "routing spreads evenly over experts, so a cache's hit rate is its share of all routed bytes "
         "(real routing is skewed and pinned/hot experts raise it: pessimistic)",
         f"CPU kernels read at {KERNEL_EFFICIENCY:g} x the measured memory bandwidth",
         "disk reads of cache misses do not overlap compute (prefetch can hide part of them: pessimistic)",
@@ -131,23 +129,27 @@ def estimate_decode(fp: Footprint, *, ram_cache_bytes: int, memory_bandwidth: fl
     if disk_bandwidth is None:
         disk_bandwidth = ASSUMED_DISK_BANDWIDTH
         assumptions.append(f"disk not probed: assumed {ASSUMED_DISK_BANDWIDTH / 1e9:g} GB/s (use --disk-probe)")
-    hit = min(1.0, ram_cache_bytes / fp.routed_bytes) if fp.routed_bytes else 1.0
+    uses_gpu = gpu_read_bytes or gpu_tier_bytes or gpu_kv_bytes_per_token
+    if uses_gpu and gpu_bandwidth is None:
+        gpu_bandwidth = ASSUMED_GPU_BANDWIDTH
+        assumptions.append(f"GPU not probed: assumed {ASSUMED_GPU_BANDWIDTH / 1e9:g} GB/s")
+    routed = fp.routed_bytes or 1
+    gpu_hit = min(1.0, gpu_tier_bytes / routed)
+    ram_hit = min(1.0 - gpu_hit, ram_cache_bytes / routed)
     cpu_rate = memory_bandwidth * KERNEL_EFFICIENCY
-    if resident_on_gpu:
-        if gpu_bandwidth is None:
-            gpu_bandwidth = ASSUMED_GPU_BANDWIDTH
-            assumptions.append(f"GPU not probed: assumed {ASSUMED_GPU_BANDWIDTH / 1e9:g} GB/s")
-        resident_rate = gpu_bandwidth
-    else:
-        resident_rate = cpu_rate
+    gpu_rate = gpu_bandwidth or 1.0
     per_token = fp.expert_bytes_per_token
     seconds = {
-        "experts_ram": per_token * hit / cpu_rate,
-        "experts_disk": per_token * (1.0 - hit) / disk_bandwidth,
-        "resident": fp.resident_read_bytes_per_token(dtype_bytes) / resident_rate,
-        "kv": context_tokens * fp.kv_bytes_per_token(dtype_bytes) / resident_rate,
+        "experts_gpu": per_token * gpu_hit / gpu_rate if gpu_hit else 0.0,
+        "experts_ram": per_token * ram_hit / cpu_rate,
+        "experts_disk": per_token * max(0.0, 1.0 - gpu_hit - ram_hit) / disk_bandwidth,
+        "resident_gpu": gpu_read_bytes / gpu_rate if gpu_read_bytes else 0.0,
+        "resident_cpu": cpu_read_bytes / cpu_rate,
+        "kv": context_tokens * (cpu_kv_bytes_per_token / cpu_rate
+                                + (gpu_kv_bytes_per_token / gpu_rate if gpu_kv_bytes_per_token else 0.0)),
     }
     if context_tokens:
         assumptions.append(f"attention reads the KV cache of {context_tokens} context tokens")
     total = sum(seconds.values())
-    return DecodeEstimate(1.0 / total if total else math.inf, total, hit, seconds, tuple(assumptions))
+    return DecodeEstimate(1.0 / total if total else math.inf, total, gpu_hit + ram_hit, gpu_hit, seconds,
+                          tuple(assumptions))

@@ -9,11 +9,16 @@ Rules (the "auto" values of the config are resolved here, at load time):
 - headroom: RAM left to the OS, the page cache and the rest of the process, max(4 GiB, 10% of RAM);
 - device auto: CUDA when a GPU is present; dtype auto: bfloat16 on CUDA, float32 on CPU;
 - `engine.threads = 0`: the physical core count (hyper-threads share the memory bus the kernels saturate);
-- `engine.gpu_memory_gb = 0`: 90% of the GPU's free memory;
+- `engine.gpu_memory_gb = 0`: 90% of the GPU's free memory. The GPU expert tier (`cache.gpu_gb`) comes off the top,
+  the rest holds resident layers and their KV cache in order of use; layers past the budget run on the CPU
+  (`residency.py` runs the loader's own placement planner);
 - `cache.ram_gb = 0`: the biggest RAM expert cache that leaves the headroom, after what else lives in RAM (the
-  resident layers and the KV cache when they run on the CPU), capped at the size of all routed experts:
+  resident layers and KV cache slices that run on the CPU), capped at the size of all routed experts:
       min(RAM - headroom, RAM available now) - CPU-resident bytes
   Call it before the resident layers are loaded (they are subtracted, not measured).
+
+`recommend` turns these rules into concrete values for `config init`; `plan_memory` checks a configuration
+against a machine for `info`.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import psutil
 from kimi_local.config import Config
 from kimi_local.footprint import Footprint, footprint
 from kimi_local.model.config import ModelConfig
+from kimi_local.residency import ResidentSplit, resident_split
 
 log = logging.getLogger(__name__)
 
@@ -159,15 +165,24 @@ def resolve_gpu_memory_bytes(config: Config, machine: Machine | None = None) -> 
     return int(GPU_BUDGET_FRACTION * gpu.free_bytes)
 
 
-def kv_cache_bytes(config: Config, fp: Footprint, machine: Machine) -> int:
-    return config.engine.max_context * config.engine.max_batch * fp.kv_bytes_per_token(dtype_bytes(config, machine))
+def gpu_tier_bytes(config: Config, fp: Footprint) -> int:
+    return min(int(config.cache.gpu_gb * GiB), fp.routed_bytes)
+
+
+def split_resident(config: Config, fp: Footprint, machine: Machine) -> ResidentSplit:
+    """The resident layers and KV cache as the loader will place them on this machine (residency.py)."""
+    kv_tokens = config.engine.max_context * config.engine.max_batch
+    dtype = dtype_name(config, machine)
+    if _gpu(config, machine) is None:
+        return resident_split(fp.model, "cpu", dtype, 0, kv_tokens)
+    device = config.engine.device if config.engine.device.startswith("cuda") else "cuda"
+    budget = max(0, resolve_gpu_memory_bytes(config, machine) - gpu_tier_bytes(config, fp))
+    return resident_split(fp.model, device, dtype, budget, kv_tokens)
 
 
 def cpu_resident_bytes(config: Config, fp: Footprint, machine: Machine) -> int:
-    """RAM taken by what runs on the engine's device when that device is the CPU (resident layers + KV)."""
-    if device_kind(config, machine) == "cuda":
-        return 0
-    return fp.resident_runtime_bytes(dtype_bytes(config, machine)) + kv_cache_bytes(config, fp, machine)
+    """RAM taken by resident layers and KV cache slices that run on the CPU (all of them without a GPU)."""
+    return split_resident(config, fp, machine).cpu_bytes
 
 
 def auto_ram_cache_bytes(config: Config, fp: Footprint, machine: Machine) -> int:
@@ -248,13 +263,15 @@ def recommend(machine: Machine, fp: Footprint, config: Config | None = None) -> 
         notes.append(f"RAM is too small for a useful expert cache: {ram_limit_bytes(machine) / GiB:.1f} GiB usable, "
                      f"{cpu_resident_bytes(config, fp, machine) / GiB:.1f} GiB of it for resident layers and KV cache")
     gpu_budget = gpu_tier = 0
-    if kind == "cuda" and machine.gpus:
+    if _gpu(config, machine) is not None:
         gpu_budget = resolve_gpu_memory_bytes(config, machine)
-        need = fp.resident_runtime_bytes(dtype_bytes(config, machine)) + kv_cache_bytes(config, fp, machine)
+        kv_tokens = config.engine.max_context * config.engine.max_batch
+        need = resident_split(fp.model, "cuda", dtype_name(config, machine), 1 << 62, kv_tokens).gpu_bytes
+        gpu_budget = int(_floor_gib(gpu_budget) * GiB)  # the tier is what the written budget leaves
         gpu_tier = max(0, min(gpu_budget - need, fp.routed_bytes))
         if need > gpu_budget:
             notes.append(f"the resident layers and KV cache need {need / GiB:.1f} GiB, more than the "
-                         f"{gpu_budget / GiB:.1f} GiB GPU budget: use device = \"cpu\" or a smaller max_context")
+                         f"{gpu_budget / GiB:.1f} GiB GPU budget: the last layers will run on the CPU")
     return Recommendation(threads=machine.physical_cores, ram_gb=_floor_gib(ram),
                           gpu_memory_gb=_floor_gib(gpu_budget), gpu_cache_gb=_floor_gib(gpu_tier), device=kind,
                           dtype=dtype, notes=tuple(notes))
@@ -265,50 +282,53 @@ class MemoryPlan:
     """Where the bytes of a configured model go on a machine, and what does not fit."""
 
     device: str  # cuda | cpu, after auto
-    dtype_bytes: int
-    resident_bytes: int  # resident layers at run time (dequantized)
-    kv_bytes: int  # max_context x max_batch tokens
+    dtype: str
+    resident: ResidentSplit  # resident layers and KV cache on each side
     ram_cache_bytes: int
     ram_cache_auto: bool
-    ram_need_bytes: int  # RAM cache + whatever of the above runs on the CPU
+    ram_need_bytes: int  # RAM cache + resident layers and KV cache on the CPU
     ram_limit_bytes: int  # RAM - headroom (and no more than available now)
     gpu_budget_bytes: int
     gpu_tier_bytes: int
-    gpu_need_bytes: int  # resident + KV + GPU expert tier, when on CUDA
+    gpu_need_bytes: int  # resident + KV + GPU expert tier on the GPU
     problems: tuple[str, ...]
+    notes: tuple[str, ...]
 
     @property
     def fits(self) -> bool:
         return not self.problems
 
+    @property
+    def kv_bytes(self) -> int:
+        return self.resident.gpu_kv_bytes + self.resident.cpu_kv_bytes
+
 
 def plan_memory(config: Config, fp: Footprint, machine: Machine) -> MemoryPlan:
     kind = device_kind(config, machine)
-    elem = dtype_bytes(config, machine)
-    resident = fp.resident_runtime_bytes(elem)
-    kv = kv_cache_bytes(config, fp, machine)
+    split = split_resident(config, fp, machine)
     ram_cache = resolve_ram_cache_bytes(config, fp, machine)
-    ram_need = ram_cache + cpu_resident_bytes(config, fp, machine)
+    ram_need = ram_cache + split.cpu_bytes
     limit = ram_limit_bytes(machine)
-    problems = []
-    gpu_budget = gpu_tier = gpu_need = 0
-    if kind == "cuda":
-        if _gpu(config, machine) is None:
-            problems.append(f"engine.device = {config.engine.device!r} but this machine has "
-                            f"{len(machine.gpus) or 'no'} GPU{'s' if len(machine.gpus) != 1 else ''}")
-        else:
-            gpu_budget = resolve_gpu_memory_bytes(config, machine)
-            gpu_tier = min(int(config.cache.gpu_gb * GiB), fp.routed_bytes)
-            gpu_need = resident + kv + gpu_tier
-            if gpu_need > gpu_budget:
-                problems.append(f"GPU: resident layers {resident / GiB:.1f} GiB + KV cache {kv / GiB:.1f} GiB + "
-                                f"expert tier {gpu_tier / GiB:.1f} GiB = {gpu_need / GiB:.1f} GiB > budget "
-                                f"{gpu_budget / GiB:.1f} GiB")
+    problems, notes = [], []
+    gpu_budget = gpu_tier = 0
+    if kind == "cuda" and _gpu(config, machine) is None:
+        count = len(machine.gpus)
+        problems.append(f"engine.device = {config.engine.device!r} but this machine has {count or 'no'} "
+                        f"GPU{'' if count == 1 else 's'}")
+    elif kind == "cuda":
+        gpu_budget = resolve_gpu_memory_bytes(config, machine)
+        gpu_tier = gpu_tier_bytes(config, fp)
+        num_layers = len(split.placement.layer_devices)
+        if split.num_gpu_layers < num_layers:
+            notes.append(f"{split.num_gpu_layers} of {num_layers} layers fit the GPU budget; the rest run on the CPU")
+        if gpu_tier > gpu_budget:
+            problems.append(f"GPU: expert tier {gpu_tier / GiB:.1f} GiB > budget {gpu_budget / GiB:.1f} GiB")
     if ram_need > limit:
-        problems.append(f"RAM: {ram_need / GiB:.1f} GiB needed > {limit / GiB:.1f} GiB usable "
+        problems.append(f"RAM: {ram_need / GiB:.1f} GiB needed (expert cache {ram_cache / GiB:.1f} GiB + CPU-resident "
+                        f"layers and KV cache {split.cpu_bytes / GiB:.1f} GiB) > {limit / GiB:.1f} GiB usable "
                         f"({machine.ram_total / GiB:.1f} GiB - {ram_headroom_bytes(machine) / GiB:.1f} GiB headroom)")
-    if ram_cache < min_ram_cache_bytes(fp):
-        problems.append(f"RAM expert cache {ram_cache / GiB:.2f} GiB < one layer's active experts "
+    if ram_cache + gpu_tier < min_ram_cache_bytes(fp):
+        problems.append(f"expert cache {ram_cache / GiB:.2f} GiB < one layer's active experts "
                         f"{min_ram_cache_bytes(fp) / GiB:.2f} GiB")
-    return MemoryPlan(kind, elem, resident, kv, ram_cache, not config.cache.ram_gb, ram_need, limit, gpu_budget,
-                      gpu_tier, gpu_need, tuple(problems))
+    return MemoryPlan(kind, dtype_name(config, machine), split, ram_cache, not config.cache.ram_gb, ram_need, limit,
+                      gpu_budget, gpu_tier, split.gpu_bytes + gpu_tier, tuple(problems), tuple(notes))

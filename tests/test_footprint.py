@@ -59,42 +59,47 @@ def test_bytes_match_a_written_checkpoint(tmp_path):
         assert fp.routed_bytes == sum(ckpt.info(n).nbytes for n in expert_names)
 
 
-def test_runtime_bytes_follow_the_dtype():
-    fp = footprint(ModelConfig.from_dict(PRESETS["tiny"]))
-    # routers stay float32 whatever the dtype, so halving the dtype saves exactly the other parameters' half
-    assert fp.resident_runtime_bytes(4) - fp.resident_runtime_bytes(2) == 2 * (fp.resident_params - fp.router_params)
-    assert fp.resident_read_bytes_per_token(4) < fp.resident_runtime_bytes(4)
-
-
 def test_estimate_all_cached_scales_with_bandwidth():
     fp = footprint(ModelConfig.from_dict(PRESETS["k2-slice"]))
-    kwargs = dict(ram_cache_bytes=fp.routed_bytes, disk_bandwidth=1e9, resident_on_gpu=False, dtype_bytes=4)
+    kwargs = dict(ram_cache_bytes=fp.routed_bytes, disk_bandwidth=1e9, cpu_read_bytes=10**9)
     slow = estimate_decode(fp, memory_bandwidth=10e9, **kwargs)
     fast = estimate_decode(fp, memory_bandwidth=20e9, **kwargs)
     assert slow.hit_rate == 1.0 and slow.seconds["experts_disk"] == 0
     assert fast.tokens_per_s == pytest.approx(2 * slow.tokens_per_s)
-    expected = (fp.expert_bytes_per_token + fp.resident_read_bytes_per_token(4)) / (10e9 * KERNEL_EFFICIENCY)
+    expected = (fp.expert_bytes_per_token + 10**9) / (10e9 * KERNEL_EFFICIENCY)
     assert slow.seconds_per_token == pytest.approx(expected)
 
 
 def test_estimate_half_cached_reads_half_from_disk():
     fp = footprint(ModelConfig.from_dict(PRESETS["k2-slice"]))
     est = estimate_decode(fp, ram_cache_bytes=fp.routed_bytes // 2, memory_bandwidth=30e9, disk_bandwidth=2e9,
-                          resident_on_gpu=True, gpu_bandwidth=1e12, dtype_bytes=2, context_tokens=1000)
-    assert est.hit_rate == pytest.approx(0.5, abs=1e-9)
+                          cpu_read_bytes=0, gpu_read_bytes=5 * 10**9, gpu_kv_bytes_per_token=1000,
+                          gpu_bandwidth=1e12, context_tokens=1000)
+    assert est.hit_rate == pytest.approx(0.5, abs=1e-9) and est.gpu_hit_rate == 0
     assert est.seconds["experts_disk"] == pytest.approx(fp.expert_bytes_per_token * 0.5 / 2e9, rel=1e-6)
-    assert est.seconds["kv"] == pytest.approx(1000 * fp.kv_bytes_per_token(2) / 1e12)
-    assert est.seconds["resident"] == pytest.approx(fp.resident_read_bytes_per_token(2) / 1e12)
+    assert est.seconds["kv"] == pytest.approx(1000 * 1000 / 1e12)
+    assert est.seconds["resident_gpu"] == pytest.approx(5e9 / 1e12)
     assert math.isclose(est.tokens_per_s * est.seconds_per_token, 1.0)
     assert any("1000 context tokens" in a for a in est.assumptions)
 
 
+def test_estimate_gpu_tier_takes_its_share_first():
+    fp = footprint(ModelConfig.from_dict(PRESETS["k2-slice"]))
+    est = estimate_decode(fp, ram_cache_bytes=fp.routed_bytes, memory_bandwidth=30e9, disk_bandwidth=2e9,
+                          cpu_read_bytes=0, gpu_tier_bytes=fp.routed_bytes // 4, gpu_bandwidth=2e12)
+    assert est.gpu_hit_rate == pytest.approx(0.25, abs=1e-9) and est.hit_rate == pytest.approx(1.0)
+    assert est.seconds["experts_gpu"] == pytest.approx(fp.expert_bytes_per_token * 0.25 / 2e12, rel=1e-6)
+    assert est.seconds["experts_ram"] == pytest.approx(fp.expert_bytes_per_token * 0.75 / (30e9 * KERNEL_EFFICIENCY),
+                                                       rel=1e-6)
+
+
 def test_estimate_states_what_it_assumed():
     fp = footprint(ModelConfig.from_dict(PRESETS["tiny"]))
-    est = estimate_decode(fp, ram_cache_bytes=0, memory_bandwidth=1e10, disk_bandwidth=None, resident_on_gpu=True,
-                          dtype_bytes=2)
+    est = estimate_decode(fp, ram_cache_bytes=0, memory_bandwidth=1e10, disk_bandwidth=None, cpu_read_bytes=0,
+                          gpu_read_bytes=100)
     text = " ".join(est.assumptions)
     assert "disk not probed" in text and "GPU not probed" in text and "evenly" in text
+    cpu_only = estimate_decode(fp, ram_cache_bytes=0, memory_bandwidth=1e10, disk_bandwidth=1e9, cpu_read_bytes=0)
+    assert not any("GPU" in a for a in cpu_only.assumptions)
     with pytest.raises(ValueError, match="memory_bandwidth"):
-        estimate_decode(fp, ram_cache_bytes=0, memory_bandwidth=0, disk_bandwidth=1e9, resident_on_gpu=False,
-                        dtype_bytes=4)
+        estimate_decode(fp, ram_cache_bytes=0, memory_bandwidth=0, disk_bandwidth=1e9, cpu_read_bytes=0)

@@ -107,12 +107,15 @@ def build_info(model_dir: Path | None, model: ModelConfig, config: Config, machi
     plan = sizing.plan_memory(config, fp, machine)
     files = files_summary(model_dir)
     problems = list(plan.problems) + budget_problems(config, model, fp, files, machine, plan.ram_cache_bytes)
+    split = plan.resident
     estimate = None
     if machine.memory_bandwidth:
         estimate = estimate_decode(
             fp, ram_cache_bytes=plan.ram_cache_bytes, memory_bandwidth=machine.memory_bandwidth,
-            disk_bandwidth=machine.disk_bandwidth, resident_on_gpu=plan.device == "cuda",
-            dtype_bytes=plan.dtype_bytes, gpu_bandwidth=machine.gpu_bandwidth, context_tokens=context_tokens)
+            disk_bandwidth=machine.disk_bandwidth, cpu_read_bytes=split.cpu_read_per_token,
+            gpu_read_bytes=split.gpu_read_per_token, cpu_kv_bytes_per_token=split.cpu_kv_per_token,
+            gpu_kv_bytes_per_token=split.gpu_kv_per_token, gpu_tier_bytes=plan.gpu_tier_bytes,
+            gpu_bandwidth=machine.gpu_bandwidth, context_tokens=context_tokens)
     return {
         "model": {
             "path": str(model_dir) if model_dir else None,
@@ -131,17 +134,20 @@ def build_info(model_dir: Path | None, model: ModelConfig, config: Config, machi
         "bytes": {
             "checkpoint": fp.checkpoint_bytes, "routed_experts": fp.routed_bytes, "resident": fp.resident_bytes,
             "per_expert": fp.expert_bytes, "experts_read_per_token": fp.expert_bytes_per_token,
-            "resident_runtime": plan.resident_bytes,
-            "resident_read_per_token": fp.resident_read_bytes_per_token(plan.dtype_bytes),
-            "kv_per_token": fp.kv_bytes_per_token(plan.dtype_bytes), "num_tensors": fp.num_tensors,
+            "kv_per_token": split.gpu_kv_per_token + split.cpu_kv_per_token, "num_tensors": fp.num_tensors,
         },
         "plan": {
-            "device": plan.device, "dtype": sizing.dtype_name(config, machine), "dtype_bytes": plan.dtype_bytes, "kv_cache": plan.kv_bytes,
+            "device": plan.device, "dtype": plan.dtype, "threads": sizing.resolve_threads(config, machine),
+            "num_layers": model.num_hidden_layers, "gpu_layers": split.num_gpu_layers,
+            "embed_device": split.placement.embed_device.type, "head_device": split.placement.head_device.type,
+            "resident_gpu": split.gpu_weight_bytes, "resident_cpu": split.cpu_weight_bytes,
+            "kv_gpu": split.gpu_kv_bytes, "kv_cpu": split.cpu_kv_bytes, "kv_cache": plan.kv_bytes,
             "kv_tokens": config.engine.max_context * config.engine.max_batch,
+            "read_per_token_gpu": split.gpu_read_per_token, "read_per_token_cpu": split.cpu_read_per_token,
             "ram_cache": plan.ram_cache_bytes, "ram_cache_auto": plan.ram_cache_auto, "ram_need": plan.ram_need_bytes,
             "ram_limit": plan.ram_limit_bytes, "ram_headroom": sizing.ram_headroom_bytes(machine),
             "gpu_budget": plan.gpu_budget_bytes, "gpu_tier": plan.gpu_tier_bytes, "gpu_need": plan.gpu_need_bytes,
-            "threads": sizing.resolve_threads(config, machine),
+            "notes": list(plan.notes),
         },
         "machine": {
             "ram_total": machine.ram_total, "ram_available": machine.ram_available,
@@ -153,7 +159,7 @@ def build_info(model_dir: Path | None, model: ModelConfig, config: Config, machi
         },
         "estimate": None if estimate is None else {
             "tokens_per_s": estimate.tokens_per_s, "seconds_per_token": estimate.seconds_per_token,
-            "hit_rate": estimate.hit_rate, "seconds": estimate.seconds, "context_tokens": context_tokens,
+            "hit_rate": estimate.hit_rate, "gpu_hit_rate": estimate.gpu_hit_rate, "seconds": estimate.seconds, "context_tokens": context_tokens,
             "assumptions": list(estimate.assumptions),
         },
         "fits": not problems,
@@ -182,17 +188,23 @@ def format_info(info: dict[str, Any]) -> str:
         lines.append(("files", f"{f['shards_present']} of {f['shards']} shards present ({size(f['bytes_present'])})"))
     else:
         lines.append(("files", "no weights here yet (config only)"))
+    placed = (f"all {plan['num_layers']} layers on the GPU" if plan["gpu_layers"] == plan["num_layers"] else
+              f"{plan['gpu_layers']} of {plan['num_layers']} layers on the GPU" if plan["gpu_layers"] else
+              "everything on the CPU")
     lines += [
         ("per token", f"reads experts {size(b['experts_read_per_token'])}, resident layers "
-                      f"{size(b['resident_read_per_token'])}; KV cache {size(b['kv_per_token'])} per token"),
-        ("placement", f"resident layers on {plan['device']} ({plan['dtype']}): {size(b['resident_runtime'])}; KV cache "
-                      f"{size(plan['kv_cache'])} ({plan['kv_tokens']} tokens); {plan['threads']} expert threads"),
-        ("RAM", f"expert cache {size(plan['ram_cache'])}{' (auto)' if plan['ram_cache_auto'] else ''}; needs "
-                f"{size(plan['ram_need'])} of {size(plan['ram_limit'])} usable ({size(plan['ram_headroom'])} headroom)"),
+                      f"{size(plan['read_per_token_gpu'] + plan['read_per_token_cpu'])}; KV cache "
+                      f"{size(b['kv_per_token'])} per context token"),
+        ("placement", f"{placed} ({plan['dtype']}); embeddings on {plan['embed_device']}, lm_head on "
+                      f"{plan['head_device']}; {plan['threads']} expert threads"),
+        ("RAM", f"expert cache {size(plan['ram_cache'])}{' (auto)' if plan['ram_cache_auto'] else ''} + resident "
+                f"{size(plan['resident_cpu'])} + KV cache {size(plan['kv_cpu'])} = {size(plan['ram_need'])} of "
+                f"{size(plan['ram_limit'])} usable ({size(plan['ram_headroom'])} headroom)"),
     ]
     if plan["device"] == "cuda":
-        lines.append(("GPU", f"needs {size(plan['gpu_need'])} of a {size(plan['gpu_budget'])} budget "
-                             f"(expert tier {size(plan['gpu_tier'])})"))
+        lines.append(("GPU", f"resident {size(plan['resident_gpu'])} + KV cache {size(plan['kv_gpu'])} + expert tier "
+                             f"{size(plan['gpu_tier'])} = {size(plan['gpu_need'])} of a {size(plan['gpu_budget'])} budget"))
+    lines += [("", note) for note in plan["notes"]]
     gpus = ", ".join(f"{g['name']} {size(g['total'])}" for g in mach["gpus"]) or "no GPU"
     lines.append(("machine", f"{size(mach['ram_total'])} RAM ({size(mach['ram_available'])} available), "
                              f"{mach['physical_cores']} cores ({mach['logical_cores']} threads), {gpus}"
@@ -202,10 +214,10 @@ def format_info(info: dict[str, Any]) -> str:
                                + (f", GPU {units.rate(mach['gpu_bandwidth'])}" if mach["gpu_bandwidth"] else "")))
     if est:
         s = est["seconds"]
-        lines.append(("decode", f"~{units.tokens_per_s(est['tokens_per_s'])} at batch 1 ({units.seconds(est['seconds_per_token'])}"
-                                f"/token: experts from RAM {units.seconds(s['experts_ram'])}, from disk "
-                                f"{units.seconds(s['experts_disk'])}, resident {units.seconds(s['resident'])}, "
-                                f"KV {units.seconds(s['kv'])}); RAM-cache hit rate {est['hit_rate']:.0%}"))
+        parts = ", ".join(f"{name.replace('_', ' ')} {units.seconds(value)}" for name, value in s.items() if value)
+        lines.append(("decode", f"~{units.tokens_per_s(est['tokens_per_s'])} at batch 1 "
+                                f"({units.seconds(est['seconds_per_token'])}/token: {parts}); experts cached "
+                                f"{est['hit_rate']:.0%}"))
         lines += [("assumes" if i == 0 else "", a) for i, a in enumerate(est["assumptions"])]
     lines.append(("fits", "yes" if info["fits"] else "NO"))
     lines += [("", "- " + problem) for problem in info["problems"]]

@@ -13,7 +13,8 @@ from kimi_local.cli import main
 from kimi_local.footprint import KERNEL_EFFICIENCY
 from kimi_local.model.checkpoint import Checkpoint
 from kimi_local.model.config import ModelConfig
-from kimi_local.model.deepseek import KVCache, param_counts
+from kimi_local.model.deepseek import KimiModel, KVCache, param_counts
+from kimi_local.model.experts import TorchReferenceExperts
 from kimi_local.model.presets import PRESETS
 from kimi_local.sizing import GiB, GpuInfo
 
@@ -57,8 +58,11 @@ def test_tiny_figures_match_the_checkpoint(capsys, fake_machine, tiny_checkpoint
     assert info["fits"] and info["problems"] == []
     est = info["estimate"]
     assert est["hit_rate"] == 1.0
-    read = info["bytes"]["experts_read_per_token"] + info["bytes"]["resident_read_per_token"]
+    read = info["bytes"]["experts_read_per_token"] + info["plan"]["read_per_token_cpu"]
     assert est["seconds_per_token"] == pytest.approx(read / (20e9 * KERNEL_EFFICIENCY))
+    ckpt = Checkpoint.open(tiny_checkpoint)
+    model = KimiModel.from_checkpoint(ckpt, TorchReferenceExperts(ckpt), dtype=torch.float32)
+    assert info["plan"]["resident_cpu"] == sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def test_tiny_text_output(capsys, fake_machine, tiny_checkpoint):
@@ -81,11 +85,14 @@ def test_k2_slice_on_a_gpu_workstation(capsys, fake_machine, k2_slice_dir):
     assert b["experts_read_per_token"] == 3 * 8 * b["per_expert"]
     assert b["kv_per_token"] == 4 * (512 + 64) * 2  # bfloat16 on the GPU
     assert plan["device"] == "cuda" and plan["dtype"] == "bfloat16"
-    assert plan["gpu_need"] == plan["kv_cache"] + b["resident_runtime"]
+    assert plan["gpu_layers"] == plan["num_layers"] == 4 and plan["resident_cpu"] == plan["kv_cpu"] == 0
+    assert plan["gpu_need"] == plan["kv_cache"] + plan["resident_gpu"]
     assert plan["kv_cache"] == 8192 * 4 * b["kv_per_token"]
     assert plan["ram_cache"] == b["routed_experts"]
     assert info["files"]["shards"] == 0 and info["fits"]
-    assert info["estimate"]["seconds"]["resident"] == pytest.approx(b["resident_read_per_token"] / 3e12)
+    assert info["estimate"]["seconds"]["resident_gpu"] == pytest.approx(plan["read_per_token_gpu"] / 3e12)
+    # on the GPU linears stay block-fp8: the resident layers take about their checkpoint bytes, not 2x
+    assert plan["resident_gpu"] < 1.5 * b["resident"]
 
 
 def test_k2_slice_small_ram_reads_experts_from_disk(capsys, fake_machine, k2_slice_dir):
