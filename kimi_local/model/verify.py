@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import psutil
 
 from kimi_local.model.checkpoint import INDEX_NAME, MAX_HEADER_BYTES, SINGLE_FILE_NAME
 from kimi_local.model.config import ConfigError, ModelConfig
@@ -223,7 +224,7 @@ def _check_values(entry: Entry, data: np.ndarray, file: str, report: VerifyRepor
 
 
 def _read_shard(shard: Path, entries: list[Entry], report: VerifyReport, progress: Callable[[int], None] | None,
-                buffer: np.ndarray, check_fp8: bool) -> None:
+                buffer: np.ndarray, check_fp8: bool, drop_cache: bool) -> None:
     """Reads every byte after the header, tensor by tensor in file order; the header bytes count as read."""
     file = shard.name
     size = shard.stat().st_size
@@ -260,8 +261,8 @@ def _read_shard(shard: Path, entries: list[Entry], report: VerifyReport, progres
             report.bytes_read += tail
             if progress:
                 progress(tail)
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # do not evict the user's page cache for a check
+        if drop_cache and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # a big check must not push out everything else
     finally:
         os.close(fd)
 
@@ -271,10 +272,14 @@ def shard_files(path: Path, weight_map: dict[str, str]) -> list[str]:
 
 
 def verify_checkpoint(path: str | Path, progress: Callable[[int], None] | None = None, read_data: bool = True,
-                      check_values: bool = False) -> VerifyReport:
+                      check_values: bool = False, drop_cache: bool | None = None) -> VerifyReport:
     """Every problem of the checkpoint at `path`. `progress(n)` is called with bytes read (see `bytes_to_read`);
-    `read_data=False` checks config, index and headers only; `check_values` also scans fp8 codes for NaN."""
+    `read_data=False` checks config, index and headers only; `check_values` also scans fp8 codes for NaN.
+    `drop_cache`: release each shard's pages from the page cache once read; default: when the checkpoint is
+    bigger than half the available RAM (reading it would evict everything else anyway)."""
     path = Path(path).expanduser()
+    if drop_cache is None:
+        drop_cache = bytes_to_read(path) > psutil.virtual_memory().available // 2
     report = VerifyReport(path)
     if not path.is_dir():
         report.error(str(path), None, "not a checkpoint directory")
@@ -322,7 +327,7 @@ def verify_checkpoint(path: str | Path, progress: Callable[[int], None] | None =
                 report.error(file, entry.name, f"the index places it in '{owner}'")
             _check_layout(entry, specs.get(entry.name), file, report, actual_shapes)
         if read_data:
-            _read_shard(shard, entries, report, progress, buffer, check_values)
+            _read_shard(shard, entries, report, progress, buffer, check_values, drop_cache)
     return report
 
 
