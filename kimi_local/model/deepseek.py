@@ -157,8 +157,9 @@ class KVCache:
                  device: "torch.device | str | tuple[torch.device, ...]") -> "KVCache":
         devices = device if isinstance(device, tuple) else (torch.device(device),) * config.num_hidden_layers
         shape = (num_slots, max_len)
-        return cls([torch.empty(*shape, config.kv_lora_rank, dtype=dtype, device=d) for d in devices],
-                   [torch.empty(*shape, config.qk_rope_head_dim, dtype=dtype, device=d) for d in devices])
+        # zeros, not empty: rows past a sequence's length are masked, and 0 * garbage could be NaN
+        return cls([torch.zeros(*shape, config.kv_lora_rank, dtype=dtype, device=d) for d in devices],
+                   [torch.zeros(*shape, config.qk_rope_head_dim, dtype=dtype, device=d) for d in devices])
 
     @property
     def num_slots(self) -> int:
@@ -195,6 +196,7 @@ class MLA(nn.Module):
         )
         self.rope = rope
         self.scale = c.softmax_scale
+        self.latent_attention = latent_attention_kernel(c, kv_b_weight.device)
 
     def _project(self, x: torch.Tensor, positions: torch.Tensor):
         c = self.config
@@ -246,21 +248,54 @@ class MLA(nn.Module):
         kv_all, pe_all = cache.kv[self.layer_idx], cache.pe[self.layer_idx]
         kv_all[slots, positions] = latent
         pe_all[slots, positions] = k_pe
-        length = int(positions.max()) + 1
-        if b == 1:
-            kv, pe = kv_all[slots[0], :length][None], pe_all[slots[0], :length][None]
-        else:
-            kv, pe = kv_all[slots, :length], pe_all[slots, :length]  # [B, L, r], [B, L, dr]
         w_uk = self.kv_b[:, : c.qk_nope_head_dim]  # [H, dn, r]
         w_uv = self.kv_b[:, c.qk_nope_head_dim :]  # [H, dv, r]
         q_latent = torch.einsum("bhd,hdc->bhc", q_nope, w_uk)
-        scores = torch.einsum("bhc,btc->bht", q_latent, kv) + torch.einsum("bhr,btr->bht", q_pe, pe)
-        future = torch.arange(length, device=x.device)[None, :] > positions[:, None]  # [B, L]
-        scores = (scores * self.scale).masked_fill(future[:, None, :], float("-inf"))
-        probs = scores.float().softmax(-1).to(x.dtype)
-        context = torch.einsum("bht,btc->bhc", probs, kv)
+        if self.latent_attention is not None:
+            context = slot_attention(self.latent_attention, q_latent, q_pe, positions, slots, kv_all, pe_all,
+                                     self.scale)
+        else:
+            length = int(positions.max()) + 1
+            if b == 1:
+                kv, pe = kv_all[slots[0], :length][None], pe_all[slots[0], :length][None]
+            else:
+                kv, pe = kv_all[slots, :length], pe_all[slots, :length]  # [B, L, r], [B, L, dr]
+            scores = torch.einsum("bhc,btc->bht", q_latent, kv) + torch.einsum("bhr,btr->bht", q_pe, pe)
+            future = torch.arange(length, device=x.device)[None, :] > positions[:, None]  # [B, L]
+            scores = (scores * self.scale).masked_fill(future[:, None, :], float("-inf"))
+            probs = scores.float().softmax(-1).to(x.dtype)
+            context = torch.einsum("bht,btc->bhc", probs, kv)
         out = torch.einsum("bhc,hdc->bhd", context, w_uv)
         return self.o_proj(out.reshape(b, c.num_attention_heads * c.v_head_dim))
+
+
+LatentAttention = Callable[..., torch.Tensor]  # (q_latent, q_pe, kv [S,T,r], pe [S,T,dr], scale, lengths [S])
+
+
+def slot_attention(kernel: LatentAttention, q_latent: torch.Tensor, q_pe: torch.Tensor, positions: torch.Tensor,
+                   slots: torch.Tensor, kv_all: torch.Tensor, pe_all: torch.Tensor, scale: float) -> torch.Tensor:
+    """Absorbed attention over the whole slot-major cache: queries are scattered into a [slots, H, .] batch (idle
+    slots attend to one row and are dropped), so the cache is read in place, with no gather copy, no host sync
+    and shapes that depend only on the cache."""
+    num_slots = kv_all.shape[0]
+    q_full = q_latent.new_zeros(num_slots, *q_latent.shape[1:])
+    pe_full = q_pe.new_zeros(num_slots, *q_pe.shape[1:])
+    q_full[slots] = q_latent
+    pe_full[slots] = q_pe
+    lengths = torch.ones(num_slots, dtype=torch.int32, device=kv_all.device)
+    lengths[slots] = (positions + 1).to(torch.int32)
+    return kernel(q_full, pe_full, kv_all, pe_all, scale, lengths)[slots]
+
+
+def latent_attention_kernel(config: ModelConfig, device: torch.device) -> LatentAttention | None:
+    """The Triton flash-decoding kernel on CUDA when the latent widths suit it (powers of two, as Kimi-K2's
+    512 and 64 are); None means the torch path."""
+    dims = (config.kv_lora_rank, config.qk_rope_head_dim)
+    if device.type != "cuda" or any(d < 16 or d & (d - 1) for d in dims):
+        return None
+    from kimi_local.kernels.triton_mla import mla_decode
+
+    return mla_decode
 
 
 class Block(nn.Module):
