@@ -41,3 +41,9 @@ def test_disk_probe_reads_the_biggest_shard(tmp_path):
 def test_disk_probe_without_shards(tmp_path):
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors file"):
         bandwidth.measure_disk_bandwidth(tmp_path)
+
+
+@pytest.mark.gpu
+def test_gpu_probe():
+    result = bandwidth.measure_gpu_bandwidth("cuda", nbytes=64 << 20, repeats=2)
+    assert result.bytes_moved == 2 * (64 << 20) and result.bytes_per_s > 1e10

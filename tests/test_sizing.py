@@ -145,3 +145,12 @@ def test_probe_machine_reports_this_machine(tmp_path):
     assert m.ram_total >= m.ram_available > 0
     assert m.logical_cores >= m.physical_cores >= 1
     assert m.disk_path == str(tmp_path) and m.disk_free > 0
+
+
+@pytest.mark.gpu
+def test_probe_gpus_reports_cuda_devices():
+    import torch
+
+    gpus = sizing.probe_gpus()
+    assert len(gpus) == torch.cuda.device_count() >= 1
+    assert all(0 < g.free_bytes <= g.total_bytes for g in gpus)
