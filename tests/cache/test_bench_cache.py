@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from kimi_local.cache.bench_cache import POLICY_KEYS, format_cache_bench, run_cache_bench
+from kimi_local.cache.traces import save_trace
+from kimi_local.cli import main
+from tests.cache import trace_cases
+
+
+def test_bench_result_is_consistent():
+    trace = trace_cases.synthetic(0)
+    result = run_cache_bench(trace, 0.2, expert_bytes=1000)
+    lru, opt = result["lru"], result["opt"]
+    assert lru["gap_closed"] == 0.0 and opt["gap_closed"] == 1.0
+    for name in POLICY_KEYS:
+        r = result[name]
+        assert 0.0 <= r["hit_rate"] <= opt["hit_rate"]
+        assert r["gap_closed"] == pytest.approx((r["hit_rate"] - lru["hit_rate"]) / (opt["hit_rate"] - lru["hit_rate"]))
+        misses = (1 - r["hit_rate"]) * result["setup"]["accesses"]
+        assert r["gb_per_token"] == pytest.approx(misses * 1000 / trace.num_tokens / 1e9)
+    assert "target (LRU + half the LRU-to-OPT gap)" in format_cache_bench(result)
+    with pytest.raises(ValueError, match="cache-fraction"):
+        run_cache_bench(trace, 1.5)
+
+
+def test_bench_cache_command_json(tmp_path, capsys):
+    path = tmp_path / "trace.npz"
+    save_trace(path, trace_cases.synthetic(1))
+    assert main(["bench", "cache", "--trace", str(path), "--cache-fraction", "0.3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"lru", "lfu", "opt", "kimi_local"}
+    for r in out.values():
+        assert {"hit_rate", "gap_closed", "gb_per_token"} <= set(r)
+
+
+def test_bench_cache_command_reports_a_bad_trace(tmp_path, capsys):
+    assert main(["bench", "cache", "--trace", str(tmp_path / "nope.npz")]) == 1
+    assert "nope.npz: no such trace file" in capsys.readouterr().err
