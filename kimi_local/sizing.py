@@ -234,7 +234,7 @@ def min_ram_cache_bytes(fp: Footprint) -> int:
 @dataclass(frozen=True)
 class Recommendation:
     threads: int
-    ram_gb: float
+    ram_gb: float  # 0 (auto) when every routed expert fits
     gpu_memory_gb: float
     gpu_cache_gb: float
     device: str  # what auto resolves to here
@@ -272,7 +272,8 @@ def recommend(machine: Machine, fp: Footprint, config: Config | None = None) -> 
         if need > gpu_budget:
             notes.append(f"the resident layers and KV cache need {need / GiB:.1f} GiB, more than the "
                          f"{gpu_budget / GiB:.1f} GiB GPU budget: the last layers will run on the CPU")
-    return Recommendation(threads=machine.physical_cores, ram_gb=_floor_gib(ram),
+    fits_all = ram >= fp.routed_bytes  # then 0 (auto) says it exactly, where a rounded size would fall short
+    return Recommendation(threads=machine.physical_cores, ram_gb=0.0 if fits_all else _floor_gib(ram),
                           gpu_memory_gb=_floor_gib(gpu_budget), gpu_cache_gb=_floor_gib(gpu_tier), device=kind,
                           dtype=dtype, notes=tuple(notes))
 

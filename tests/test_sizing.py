@@ -120,6 +120,11 @@ def test_recommend_with_a_gpu_sizes_budget_and_expert_tier():
     assert rec.ram_gb == pytest.approx(min(128 - 12.8, 120), abs=0.1)
 
 
+def test_recommend_writes_auto_when_every_expert_fits():
+    assert sizing.recommend(machine(2048), SLICE).ram_gb == 0
+    assert sizing.resolve_ram_cache_bytes(Config(), SLICE, machine(2048)) == SLICE.routed_bytes
+
+
 def test_recommend_notes_a_machine_too_small():
     rec = sizing.recommend(machine(16), K2)
     assert rec.ram_gb == 0 and any("too small" in note for note in rec.notes)

@@ -120,7 +120,9 @@ def init_text(machine: sizing.Machine, model_path: Path | None, model: ModelConf
         f"Sized: {units.size(machine.ram_total)} RAM - {units.size(sizing.ram_headroom_bytes(machine))} headroom "
         f"(at most {units.size(machine.ram_available)} available now) = {units.size(usable)} usable, minus "
         f"{units.size(sizing.cpu_resident_bytes(config, fp, machine))} of CPU-resident layers and KV cache, capped "
-        f"at all routed experts ({units.size(fp.routed_bytes)}).")
+        f"at all routed experts ({units.size(fp.routed_bytes)})"
+        + ("; they all fit, so 0 (auto) takes exactly them." if sizing.auto_ram_cache_bytes(config, fp, machine) >= fp.routed_bytes
+           else "."))
     if machine.gpus:
         comments["engine.gpu_memory_gb"].append(f"Sized: {sizing.GPU_BUDGET_FRACTION:.0%} of the GPU's free memory.")
         comments["cache.gpu_gb"].append("Sized: the GPU budget left after resident layers and KV cache.")

@@ -50,8 +50,13 @@ def test_init_caps_the_cache_at_the_model_size(capsys, fake_machine, tiny_checkp
     fake_machine(ram_gib=64)
     written = init(capsys, "--model", str(tiny_checkpoint))
     assert written["model"] == str(tiny_checkpoint.resolve())
-    routed = footprint(ModelConfig.from_file(tiny_checkpoint)).routed_bytes
-    assert written["cache"]["ram_gb"] == routed * 10 // GiB / 10
+    assert written["cache"]["ram_gb"] == 0  # auto: every routed expert fits, exactly (no rounding)
+    assert "they all fit, so 0 (auto) takes exactly them" in init_text_of(capsys, tiny_checkpoint)
+
+
+def init_text_of(capsys, model) -> str:
+    assert main(["config", "init", "--stdout", "--model", str(model)]) == 0
+    return capsys.readouterr().out
 
 
 def test_init_on_a_small_machine_notes_it(capsys, fake_machine):
