@@ -18,11 +18,12 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kimi_local import __version__
-from kimi_local.server import routes_openai, routes_system
+from kimi_local.server import routes_anthropic, routes_openai, routes_system
 from kimi_local.server.errors import ApiError
 from kimi_local.server.metrics import ServerMetrics
 from kimi_local.server.serving_chat import ChatServing
 from kimi_local.server.serving_completions import CompletionServing
+from kimi_local.server.serving_messages import MessagesServing
 from kimi_local.server.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.kimi = state
     app.state.chat = ChatServing(state)
     app.state.completions = CompletionServing(state)
-    for router in (routes_openai.router, routes_system.router):
+    app.state.messages = MessagesServing(state)
+    for router in (routes_openai.router, routes_anthropic.router, routes_system.router):
         app.include_router(router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -40,8 +40,12 @@ class ApiError(Exception):
                           "param": self.param, "code": self.code}}
 
     def anthropic_body(self) -> dict[str, Any]:
+        """Anthropic's shape has no `param`, so the field is named in the message."""
+        message = self.message
+        if self.param and self.param not in message:
+            message = f"{self.param}: {message}"
         return {"type": "error", "error": {"type": self.type or ANTHROPIC_TYPES.get(self.status, "api_error"),
-                                           "message": self.message}}
+                                           "message": message}}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:

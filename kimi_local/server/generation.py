@@ -70,10 +70,11 @@ async def wait_for_disconnect(request: Request) -> None:
             return
 
 
-async def run_choices(request: Request, streams: list[RequestStream],
-                      texts: list[ChoiceText]) -> AsyncIterator[ChoiceEvent]:
+async def run_choices(request: Request, streams: list[RequestStream], texts: list[ChoiceText],
+                      heartbeat: float | None = None) -> AsyncIterator[ChoiceEvent | None]:
     """Merged events of all choices until each has finished. Stops silently if the client disconnects
-    (`request.state.disconnected` is then True)."""
+    (`request.state.disconnected` is then True). With `heartbeat`, yields None after that many seconds
+    without output (a queued request, a long prefill), so a stream can send keep-alive events."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(index: int, stream: RequestStream) -> None:
@@ -90,7 +91,14 @@ async def run_choices(request: Request, streams: list[RequestStream],
     try:
         remaining = len(streams)
         while remaining:
-            item = await queue.get()
+            if heartbeat is None:
+                item = await queue.get()
+            else:
+                try:
+                    item = await asyncio.wait_for(queue.get(), heartbeat)
+                except asyncio.TimeoutError:
+                    yield None
+                    continue
             if item is _DISCONNECTED:
                 request.state.disconnected = True
                 log.info("client disconnected; cancelling %d engine request(s)", remaining)

@@ -164,3 +164,20 @@ def test_engine_failure_fails_only_that_request(scripted_server):
     with pytest.raises(openai.APIError):
         list(client.chat.completions.create(model="m", messages=failing, stream=True))
     assert client.chat.completions.create(model="m", messages=MESSAGES).choices[0].finish_reason == "stop"
+
+
+def test_an_unexpected_exception_is_a_500_for_that_request_only(real_server):
+    s = real_server.state
+    state = ServerState(s.service, s.tokenizer, s.chat_format, s.model_name, metrics=s.metrics)
+    app = create_app(state)
+
+    class Broken:
+        async def create(self, request):
+            raise KeyError("bug")
+
+    app.state.completions = Broken()
+    with ServerThread(app) as thread:
+        r = httpx.post(thread.url + "/v1/completions", json={"model": "m", "prompt": "x"})
+        assert assert_openai_error(r, 500)["code"] == "internal_error"
+        assert httpx.post(thread.url + "/v1/chat/completions",
+                          json={"model": "m", "messages": MESSAGES, "max_tokens": 1}).status_code == 200

@@ -1,0 +1,134 @@
+"""The Anthropic Messages wire format: request, response and stream-event models, nothing else.
+
+Requests are validated field by field (a bad value is a 400 naming it); unknown fields (`thinking`,
+`service_tier`, `container`, ...) are ignored so current clients keep working. Content blocks are kept as
+plain dicts here and checked block by block where they are translated (`anthropic_messages`), so an error can
+name the exact block (`messages.2.content.1.type`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+
+MAX_STOP_SEQUENCES = 16
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class InputMessage(_Request):
+    role: Literal["user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+class TextBlockParam(_Request):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ToolParam(_Request):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    type: str | None = None  # "custom" or absent; Anthropic's server tools (bash_2025..., web_search_...) are not
+
+
+class ToolChoice(_Request):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None
+    disable_parallel_tool_use: bool | None = None
+
+
+class Metadata(_Request):
+    user_id: str | None = None
+
+
+class PromptFields(_Request):
+    """What a prompt is made of: shared by /v1/messages and /v1/messages/count_tokens."""
+
+    model: str
+    messages: list[InputMessage] = Field(min_length=1)
+    system: str | list[TextBlockParam] | None = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoice | None = None
+
+
+class MessagesRequest(PromptFields):
+    max_tokens: int = Field(ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    stop_sequences: list[str] | None = None
+    metadata: Metadata | None = None
+    stream: bool = False
+
+    @field_validator("stop_sequences")
+    @classmethod
+    def _check_stops(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are supported, got {len(value)}")
+        if any(not s for s in value):
+            raise ValueError("stop sequences must be non-empty strings")
+        return value
+
+
+class CountTokensRequest(PromptFields):
+    pass
+
+
+# -- responses ---------------------------------------------------------------------------------------------
+
+
+class _Response(BaseModel):
+    """Written with `exclude_none`; keys Anthropic always sends, even as null, are put back (`always_sent`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    always_sent: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _keep_nulls(self, handler):
+        data = handler(self)
+        for key in self.always_sent:
+            data.setdefault(key, getattr(self, key))
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class TextBlock(_Response):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ToolUseBlock(_Response):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class Usage(_Response):
+    input_tokens: int
+    output_tokens: int
+
+
+class Message(_Response):
+    always_sent = ("stop_reason", "stop_sequence")
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[TextBlock | ToolUseBlock]
+    stop_reason: Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"] | None = None
+    stop_sequence: str | None = None
+    usage: Usage
+
+
+class TokenCount(_Response):
+    input_tokens: int
