@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
 
 
 class SettingValueError(ValueError):
@@ -200,9 +201,9 @@ class Config:
         return getattr(self if spec.section is None else getattr(self, spec.section), spec.name)
 
 
-SECTIONS: dict[str, type] = {"engine": EngineSection, "cache": CacheSection, "server": ServerSection,
-                             "tui": TuiSection}
-SECTION_NAMES = {cls: name for name, cls in SECTIONS.items()}
+SECTIONS: Mapping[str, type] = MappingProxyType({"engine": EngineSection, "cache": CacheSection,
+                                                "server": ServerSection, "tui": TuiSection})
+SECTION_NAMES = MappingProxyType({cls: name for name, cls in SECTIONS.items()})
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ def _specs() -> Iterator[SettingSpec]:
             yield SettingSpec(section, f.name, type(f.default), f.default, f.metadata["rule"])
 
 
-SPECS: dict[str, SettingSpec] = {spec.key: spec for spec in _specs()}  # read-only registry, in file order
+SPECS: Mapping[str, SettingSpec] = MappingProxyType({spec.key: spec for spec in _specs()})  # in file order
 
 
 def build_config(values: dict[str, Any]) -> Config:

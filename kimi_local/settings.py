@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
 import platformdirs
@@ -54,8 +55,8 @@ def env_var(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "_").upper()
 
 
-ENV_ALIASES = {"KIMI_LOCAL_API_KEY": "server.api_key"}  # short names other parts of the project document
-ENV_KEYS = {**ENV_ALIASES, **{env_var(key): key for key in SPECS}}
+ENV_ALIASES = MappingProxyType({"KIMI_LOCAL_API_KEY": "server.api_key"})  # short names serve documents
+ENV_KEYS = MappingProxyType({**ENV_ALIASES, **{env_var(key): key for key in SPECS}})
 
 
 @dataclass(frozen=True)
