@@ -125,6 +125,8 @@ def estimate_decode(fp: Footprint, *, ram_cache_bytes: int, memory_bandwidth: fl
         "(real routing is skewed and pinned/hot experts raise it: pessimistic)",
         f"CPU kernels read at {KERNEL_EFFICIENCY:g} x the measured memory bandwidth",
         "disk reads of cache misses do not overlap compute (prefetch can hide part of them: pessimistic)",
+        "bytes moved is all that costs: per-layer Python and kernel-launch overhead is left out (it dominates small "
+        "models, so for them this is an upper bound)",
     ]
     if disk_bandwidth is None:
         disk_bandwidth = ASSUMED_DISK_BANDWIDTH
