@@ -19,6 +19,7 @@ from kimi_local.model.checkpoint import Checkpoint
 from kimi_local.model.deepseek import KimiModel
 from kimi_local.model.placement import plan_placement
 from kimi_local.model.experts import RoutedExperts, TorchReferenceExperts
+from kimi_local.sizing import resolve_gpu_memory_bytes, resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def gpu_budget_bytes(config: Config, device: torch.device) -> int:
-    """Bytes the resident layers and the KV cache may take on the GPU: the configured budget, else 90% of what
-    is free now; the GPU expert tier's budget comes off the top."""
+    """Bytes the resident layers and the KV cache may take on the GPU: the configured (or auto) GPU budget less
+    the GPU expert tier's share."""
     if device.type != "cuda":
         return 0
-    if config.engine.gpu_memory_gb > 0:
-        budget = int(config.engine.gpu_memory_gb * (1 << 30))
-    else:
-        free, _total = torch.cuda.mem_get_info(device)
-        budget = int(free * 0.9)
-    return max(0, budget - int(config.cache.gpu_gb * (1 << 30)))
+    return max(0, resolve_gpu_memory_bytes(config) - int(config.cache.gpu_gb * (1 << 30)))
 
 
 def make_experts(ckpt: Checkpoint, config: Config) -> RoutedExperts:
@@ -62,14 +58,8 @@ def make_experts(ckpt: Checkpoint, config: Config) -> RoutedExperts:
     if backend in ("auto", "numba"):
         from kimi_local.kernels.cpu_experts import NumbaExperts
 
-        return NumbaExperts(ckpt, num_threads=config.engine.threads or physical_cores())
+        return NumbaExperts(ckpt, num_threads=resolve_threads(config))
     raise ValueError(f"expert_backend '{backend}' is not one of auto, numba, torch")
-
-
-def physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
 @dataclass
