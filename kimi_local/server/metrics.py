@@ -7,7 +7,8 @@ Sources, each optional so the server runs with any engine:
   shape is not fixed here: a mapping, dataclass or plain object whose numeric fields become
   `kimi_expert_cache_<field>` gauges (a nested mapping becomes the same gauges with a `tier` label). The hit
   rate is derived from `hits` and `misses` when the snapshot does not give it; `resident_bytes` is passed on.
-- HTTP request counts by endpoint and status, kept here.
+- HTTP request counts by endpoint and status, kept here;
+- the process's resident memory and the memory still available (psutil).
 
 Per-expert load (num MoE layers x num experts series: 23k for Kimi-K2) is only rendered when asked for
 (`/metrics?experts=1`); by default each layer reports its entropy and its hottest expert's share.
@@ -24,6 +25,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import psutil
 
 from kimi_local.engine.routing_stats import RoutingStats
 from kimi_local.engine.service import ServiceStats
@@ -127,7 +130,15 @@ class ServerMetrics:
             w.metric("kimi_http_requests_total", "counter", "HTTP requests answered, by endpoint and status.",
                      count, {"endpoint": endpoint, "status": str(status)})
         w.metric("kimi_uptime_seconds", "gauge", "Seconds since the server started.", time.time() - self.started)
+        self._memory(w)
         return w.text()
+
+    @staticmethod
+    def _memory(w: _Writer) -> None:
+        w.metric("process_resident_memory_bytes", "gauge", "Resident memory of the server process.",
+                 psutil.Process().memory_info().rss)
+        w.metric("kimi_memory_available_bytes", "gauge", "Memory the system can still give without swapping.",
+                 psutil.virtual_memory().available)
 
     @staticmethod
     def _service(w: _Writer, s: ServiceStats, max_queue: int, max_batch: int) -> None:

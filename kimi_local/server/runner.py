@@ -26,11 +26,12 @@ log = logging.getLogger(__name__)
 
 
 def expert_cache_snapshot(experts):
-    """The backend's snapshot callable (`stats()` or `snapshot()`), or None if it has neither."""
-    for name in ("stats", "snapshot"):
-        method = getattr(experts, name, None)
-        if callable(method):
-            return method
+    """The snapshot callable (`stats()` or `snapshot()`) of the expert backend or of its `store`, or None."""
+    for owner in (experts, getattr(experts, "store", None)):
+        for name in ("stats", "snapshot"):
+            method = getattr(owner, name, None) if owner is not None else None
+            if callable(method):
+                return method
     return None
 
 

@@ -14,6 +14,7 @@ import torch
 from kimi_local.engine.routing_stats import RoutingStats
 from kimi_local.engine.service import ServiceStats
 from kimi_local.server.metrics import ServerMetrics, numeric_fields
+from kimi_local.server.runner import expert_cache_snapshot
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
 
@@ -86,6 +87,29 @@ def test_a_failing_cache_snapshot_does_not_break_the_scrape():
 
     families = parse(ServerMetrics(expert_cache=broken).render(stats(), 64, 4))
     assert "kimi_queue_depth" in families and not any(n.startswith("kimi_expert_cache") for n in families)
+
+
+def test_memory_gauges():
+    families = parse(ServerMetrics().render(stats(), 64, 4))
+    assert families["process_resident_memory_bytes"][0][1] > 10 * 2**20
+    assert families["kimi_memory_available_bytes"][0][1] > 0
+
+
+def test_the_cache_snapshot_is_found_on_the_backend_or_its_store():
+    class Store:
+        def stats(self):
+            return {"hits": 1, "misses": 1}
+
+    class WithStore:
+        store = Store()
+
+    class Own:
+        def snapshot(self):
+            return {"hit_rate": 0.9}
+
+    assert expert_cache_snapshot(WithStore())() == {"hits": 1, "misses": 1}
+    assert expert_cache_snapshot(Own())() == {"hit_rate": 0.9}
+    assert expert_cache_snapshot(object()) is None
 
 
 def test_numeric_fields_of_plain_objects():
