@@ -1,0 +1,290 @@
+"""The e4m3 decode rule for CPUs, and the two hand-vectorized inner loops every CPU expert kernel runs.
+
+**Decoding e4m3 without a table.** An e4m3fn byte is `s eeee mmm` (exponent bias 7). Moving its low seven bits
+two places right inside a 16-bit word, `s 0 eeee mmm 0000000`, gives an IEEE half-precision number (bias 15)
+with the same sign, the same mantissa and the exponent field unchanged, so its value is exactly the e4m3 value
+times 2^-8, subnormals included (e4m3 subnormals, exponent 0, land on half subnormals). The hardware half to
+float conversion (F16C `vcvtph2ps`, eight or sixteen lanes per instruction) then gives exact float32s, and the
+2^8 goes into the block scale. Per byte that is a sign extension, a shift, a mask and a conversion, all
+vectorized; no lookup table, no gather.
+
+Why not shift straight into float32 bit positions (sign, exponent and mantissa into place, bias folded into
+the scale)? It is exact too, but e4m3 subnormals then become float32 *denormals*, and on Intel cores every
+multiply with a denormal operand takes a microcode assist: with random codes (1 in 16 is subnormal) that kernel
+ran ten times slower here. The half route never feeds a denormal to the FMA units.
+
+Codes 0x7f/0xff are NaN in e4m3fn. The checkpoint's quantizer saturates at +-448 and never writes them; this
+decoder reads them as +-480 (what their bits mean as a half), it does not check for them.
+
+**Why intrinsics.** LLVM vectorizes the plain Numba loops, but Numba's target prefers 256-bit vectors even on
+AVX-512 cores, and a register-blocked tile (several rows by several tokens) is not something the loop
+vectorizer builds. So the two loops that carry all the arithmetic are written once in LLVM IR with explicit
+vector types and legalized by LLVM to the machine's registers (AVX-512: zmm, AVX2: ymm, older: xmm):
+
+* `e4m3_dot1` / `e4m3_dot2`: one or two rows of e4m3 codes dotted with one float32 vector, decoding in
+  registers and prefetching each row ahead (the decode, T=1, GEMV);
+* `f32_tile_dot`: a `TILE_TOKENS x TILE_ROWS` block of dot products between activation rows and decoded
+  weight rows, accumulating lane-wise partial sums (the prefill GEMM's micro-kernel).
+
+Each has a plain-Python twin with the same contract: Numba calls the intrinsic (through `overload`), Python
+calls the twin, so the kernels also run, slowly, with `NUMBA_DISABLE_JIT=1`.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as llvm_binding
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from kimi_local.kernels.cpu_jit import jit
+
+HALF_BIAS_SHIFT = 256.0  # e4m3 value = decoded half value * 2^8
+
+
+def _has_avx512() -> bool:
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = "" if numba.config.CPU_NAME else llvm_binding.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
+
+
+LANES = 16 if _has_avx512() else 8  # float32 lanes in one native vector register
+# Micro-kernel tile: TILE_ROWS weight rows x LANES tokens, one accumulator register per row. 24 accumulators
+# and two operands fit AVX-512's 32 registers, 12 fit AVX2's 16.
+TILE_ROWS = 24 if LANES == 16 else 12
+DOT_STEP = 32  # codes per row per step of the e4m3 dot loop; its `length` must be a multiple
+PREFETCH_BYTES = 1024  # how far ahead of the e4m3 dot's loads each row is prefetched
+
+
+# -- the decode rule ----------------------------------------------------------------------------------------
+
+
+@jit
+def e4m3_half_bits(code):
+    """The half-precision bit pattern whose value is the e4m3 `code`'s value / 256 (scalar, Numba or Python)."""
+    c = np.int32(code)
+    return np.uint16(((c & 0x80) << 8) | ((c & 0x7F) << 7))
+
+
+def half_to_float(bits):
+    """float32 value of a half-precision bit pattern."""
+    return np.float32(np.uint16(bits).view(np.float16))
+
+
+def decode_e4m3(codes: np.ndarray) -> np.ndarray:
+    """Vectorized numpy form of the rule: float32 e4m3 values of a uint8 array (the kernels' twins use it)."""
+    c = np.asarray(codes, dtype=np.uint8).astype(np.uint16)
+    bits = ((c & 0x80) << 8) | ((c & 0x7F) << 7)
+    return bits.view(np.float16).astype(np.float32) * np.float32(HALF_BIAS_SHIFT)
+
+
+@intrinsic
+def _half_to_float(typingctx, bits):
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(bits), codegen
+
+
+@overload(half_to_float)
+def _half_to_float_jit(bits):
+    def impl(bits):
+        return _half_to_float(np.uint16(bits))
+
+    return impl
+
+
+# -- IR helpers -----------------------------------------------------------------------------------------------
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_F32 = ir.FloatType()
+
+
+def _vector(element: ir.Type, count: int) -> ir.VectorType:
+    return ir.VectorType(element, count)
+
+
+def _load_vector(builder, base_ptr, offset, vtype: ir.VectorType, align: int):
+    ptr = builder.gep(base_ptr, [offset])
+    return builder.load(builder.bitcast(ptr, vtype.as_pointer()), align=align)
+
+
+def _fma(builder, a, b, c):
+    fnty = ir.FunctionType(a.type, [a.type, a.type, a.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.fma.v{a.type.count}f32")
+    return builder.call(fn, [a, b, c])
+
+
+def _prefetch_l2(builder, ptr):
+    """llvm.prefetch(read, locality 2 = keep in L2 and below, data)."""
+    i8p = ir.IntType(8).as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
+
+
+def _horizontal_sum(builder, vec):
+    """Pairwise tree sum of a float vector's lanes (fixed order: deterministic)."""
+    width = vec.type.count
+    while width > 1:
+        half = width // 2
+        lo = builder.shuffle_vector(vec, vec, ir.Constant(_vector(_I32, half), list(range(half))))
+        hi = builder.shuffle_vector(vec, vec, ir.Constant(_vector(_I32, half), list(range(half, width))))
+        vec = builder.fadd(lo, hi)
+        width = half
+    return builder.extract_element(vec, ir.Constant(_I32, 0))
+
+
+def _as_intp(context, builder, value, value_type):
+    return context.cast(builder, value, value_type, types.intp)
+
+
+def _is_c_array(t, dtype, ndim) -> bool:
+    return isinstance(t, types.Array) and t.dtype == dtype and t.ndim == ndim and t.layout == "C"
+
+
+# -- e4m3 rows . float32 vector -------------------------------------------------------------------------------
+
+
+def _e4m3_dot_codegen(num_rows: int):
+    def codegen(context, builder, signature, args):
+        codes_t, row_t, xs_t, length_t = signature.args
+        codes = context.make_array(codes_t)(context, builder, args[0])
+        xs = context.make_array(xs_t)(context, builder, args[2])
+        row = _as_intp(context, builder, args[1], row_t)
+        length = _as_intp(context, builder, args[3], length_t)
+        width = builder.extract_value(codes.shape, 1)
+
+        byte_vec = _vector(ir.IntType(8), DOT_STEP)
+        half_int_vec = _vector(ir.IntType(16), DOT_STEP)
+        float_vec = _vector(_F32, DOT_STEP)
+        shift = ir.Constant(half_int_vec, [7] * DOT_STEP)
+        mask = ir.Constant(half_int_vec, [0xBFFF] * DOT_STEP)  # clears the second copy of the sign bit
+        row_bases = [builder.mul(builder.add(row, ir.Constant(_I64, r)), width) for r in range(num_rows)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(float_vec, None)) for _ in range(num_rows)]
+        zero, step = ir.Constant(_I64, 0), ir.Constant(_I64, DOT_STEP)
+        with cgutils.for_range_slice(builder, zero, length, step, inc=True) as (k, _):
+            x = _load_vector(builder, xs.data, k, float_vec, align=4)
+            for r in range(num_rows):
+                offset = builder.add(row_bases[r], k)
+                raw = _load_vector(builder, codes.data, offset, byte_vec, align=1)
+                half_bits = builder.and_(builder.shl(builder.sext(raw, half_int_vec), shift), mask)
+                w = builder.fpext(builder.bitcast(half_bits, _vector(ir.HalfType(), DOT_STEP)), float_vec)
+                builder.store(_fma(builder, w, x, builder.load(accs[r])), accs[r])
+                _prefetch_l2(builder, builder.gep(codes.data, [builder.add(offset, ir.Constant(_I64, PREFETCH_BYTES))]))
+        sums = [_horizontal_sum(builder, builder.load(a)) for a in accs]
+        return context.make_tuple(builder, signature.return_type, sums)
+
+    return codegen
+
+
+def _e4m3_dot_typer(num_rows: int):
+    def typer(typingctx, codes, row, xs, length):
+        if not (_is_c_array(codes, types.uint8, 2) and _is_c_array(xs, types.float32, 1)):
+            return None
+        if not (isinstance(row, types.Integer) and isinstance(length, types.Integer)):
+            return None
+        return types.UniTuple(types.float32, num_rows)(codes, row, xs, length), _e4m3_dot_codegen(num_rows)
+
+    return typer
+
+
+_e4m3_dot1 = intrinsic(_e4m3_dot_typer(1))
+_e4m3_dot2 = intrinsic(_e4m3_dot_typer(2))
+
+
+def _e4m3_dot_twin(codes, row, xs, length, num_rows):
+    w = decode_e4m3(codes[row : row + num_rows, :length]) / np.float32(HALF_BIAS_SHIFT)
+    return tuple(np.float32(v) for v in w.astype(np.float64) @ xs[:length].astype(np.float64))
+
+
+def e4m3_dot1(codes, row, xs, length):
+    """(sum_k half(codes[row, k]) * xs[k],) over k < length (a multiple of DOT_STEP); half() = e4m3 / 256."""
+    return _e4m3_dot_twin(codes, row, xs, length, 1)
+
+
+def e4m3_dot2(codes, row, xs, length):
+    """`e4m3_dot1` for rows `row` and `row + 1` at once (they share the loads of `xs`)."""
+    return _e4m3_dot_twin(codes, row, xs, length, 2)
+
+
+@overload(e4m3_dot1)
+def _e4m3_dot1_jit(codes, row, xs, length):
+    return lambda codes, row, xs, length: _e4m3_dot1(codes, row, xs, length)
+
+
+@overload(e4m3_dot2)
+def _e4m3_dot2_jit(codes, row, xs, length):
+    return lambda codes, row, xs, length: _e4m3_dot2(codes, row, xs, length)
+
+
+# -- float32 tile micro-kernel --------------------------------------------------------------------------------
+
+
+def _splat(builder, scalar, count: int):
+    vec = builder.insert_element(ir.Constant(_vector(_F32, count), None), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(_vector(_I32, count), [0] * count))
+
+
+def _tile_codegen(context, builder, signature, args):
+    panel_t, k0_t, tile_t, j0_t, klen_t, out_t = signature.args
+    panel = context.make_array(panel_t)(context, builder, args[0])
+    tile = context.make_array(tile_t)(context, builder, args[2])
+    out = context.make_array(out_t)(context, builder, args[5])
+    k0 = _as_intp(context, builder, args[1], k0_t)
+    j0 = _as_intp(context, builder, args[3], j0_t)
+    klen = _as_intp(context, builder, args[4], klen_t)
+    tile_width = builder.extract_value(tile.shape, 1)
+    vec = _vector(_F32, LANES)
+    lanes = ir.Constant(_I64, LANES)
+
+    rows = [builder.add(j0, ir.Constant(_I64, j)) for j in range(TILE_ROWS)]
+    out_offsets = [builder.mul(r, lanes) for r in rows]
+    tile_bases = [builder.mul(r, tile_width) for r in rows]
+    accs = [cgutils.alloca_once_value(builder, _load_vector(builder, out.data, o, vec, align=4)) for o in out_offsets]
+    with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), klen, ir.Constant(_I64, 1), inc=True) as (k, _):
+        x = _load_vector(builder, panel.data, builder.mul(builder.add(k0, k), lanes), vec, align=4)
+        for j in range(TILE_ROWS):
+            w = builder.load(builder.gep(tile.data, [builder.add(tile_bases[j], k)]))
+            builder.store(_fma(builder, _splat(builder, w, LANES), x, builder.load(accs[j])), accs[j])
+    for acc, offset in zip(accs, out_offsets):
+        ptr = builder.bitcast(builder.gep(out.data, [offset]), vec.as_pointer())
+        builder.store(builder.load(acc), ptr, align=4)
+    return context.get_dummy_value()
+
+
+def _is_panel(t) -> bool:
+    return _is_c_array(t, types.float32, 2)
+
+
+@intrinsic
+def _f32_tile(typingctx, panel, k0, tile, j0, klen, out):
+    if not (_is_panel(panel) and _is_c_array(tile, types.float32, 2) and _is_panel(out)
+            and all(isinstance(t, types.Integer) for t in (k0, j0, klen))):
+        return None
+    return types.void(panel, k0, tile, j0, klen, out), _tile_codegen
+
+
+def f32_tile(panel, k0, tile, j0, klen, out):
+    """out[j0 + j, :] += sum over k < klen of tile[j0 + j, k] * panel[k0 + k, :] for j < TILE_ROWS.
+
+    `panel` is float32 [K, LANES]: LANES tokens' activations, transposed, so that the LANES tokens share each
+    broadcast weight; `out` is float32 [rows, LANES], same token order."""
+    w = tile[j0 : j0 + TILE_ROWS, :klen].astype(np.float64)
+    out[j0 : j0 + TILE_ROWS] += (w @ panel[k0 : k0 + klen]).astype(np.float32)
+
+
+@overload(f32_tile)
+def _f32_tile_jit(panel, k0, tile, j0, klen, out):
+    def impl(panel, k0, tile, j0, klen, out):
+        _f32_tile(panel, k0, tile, j0, klen, out)
+
+    return impl
