@@ -1,0 +1,115 @@
+"""Prefill: the block-fp8 GEMM `Y = X W^T` for a batch of tokens that use the same weight.
+
+With many tokens the arithmetic, not the weight stream, is the cost, so each weight element is decoded once
+and reused for every token. A work item owns `ROWS_PER_TASK` weight rows and walks K in chunks of
+`K_CHUNK` columns:
+
+1. `decode_tile` turns the rows' codes for the chunk into true float32 values, block scale applied, in a small
+   tile (64 rows x 512 columns: 128 KiB, it stays in L2), zero-padded past K and past the last row;
+2. `f32_tile_dot` (the micro-kernel, `cpu_simd`) computes a TILE_TOKENS x TILE_ROWS block of dot products
+   between activation rows and tile rows per call, and adds them to per-lane partial sums `acc[t, j, lane]`;
+3. after the last chunk, each output is the sum of its lanes.
+
+Activations are read through a row-index array (`a_rows`), so the caller can point at the tokens routed to an
+expert without gathering them; it pads that array to a multiple of TILE_TOKENS by repeating a valid row, and
+the activations' width to a multiple of LANES with zeros, so the micro-kernel never needs a tail.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
+from kimi_local.kernels.cpu_jit import jit, parallel_jit
+from kimi_local.kernels.cpu_simd import HALF_BIAS_SHIFT, LANES, TILE_ROWS, e4m3_half_bits, f32_tile, half_to_float
+from kimi_local.model.fp8 import BLOCK, dequantize
+
+ROWS_PER_TASK = 2 * TILE_ROWS
+K_CHUNK = 128
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@jit
+def decode_tile(codes, scales, r0, r1, k0, klen, tile):
+    """tile[j, i] = W[r0 + j, k0 + i] for i < klen; zero where r0 + j >= r1 or k0 + i >= K."""
+    num_cols = codes.shape[1]
+    k_end = min(num_cols, k0 + klen)
+    for j in range(tile.shape[0]):
+        out = tile[j]
+        if r0 + j >= r1:
+            out[:klen] = 0.0
+            continue
+        row = codes[r0 + j]
+        scale_row = scales[(r0 + j) // BLOCK]
+        k = k0
+        while k < k_end:
+            block = k // BLOCK
+            stop = min(k_end, (block + 1) * BLOCK)
+            s = scale_row[block] * np.float32(HALF_BIAS_SHIFT)
+            src = row[k:stop]
+            dst = out[k - k0 : stop - k0]
+            for i in range(src.size):
+                dst[i] = half_to_float(e4m3_half_bits(src[i])) * s
+            k = stop
+        out[k_end - k0 : klen] = 0.0
+
+
+@jit
+def gemm_rows(codes, scales, panels, r0, r1, tile, out):
+    """out[p, j, l] = sum_k W[r0 + j, k] * panels[p, k, l] for j < r1 - r0, every panel p and lane l.
+
+    panels: float32 [P, K, LANES], the activations of P * LANES tokens packed by `pack_activations`;
+    tile: float32 [rows rounded up to TILE_ROWS, >= min(K_CHUNK, K)] scratch; out: float32 [P, tile rows, LANES]."""
+    num_cols = codes.shape[1]
+    out[:] = 0.0
+    for k0 in range(0, num_cols, K_CHUNK):
+        klen = min(K_CHUNK, num_cols - k0)
+        decode_tile(codes, scales, r0, r1, k0, klen, tile)
+        for p in range(panels.shape[0]):
+            panel = panels[p]
+            out_p = out[p]
+            for j0 in range(0, tile.shape[0], TILE_ROWS):
+                f32_tile(panel, k0, tile, j0, klen, out_p)
+
+
+@parallel_jit
+def _fp8_gemm(codes, scales, panels, y):
+    num_rows = codes.shape[0]
+    num_tasks = (num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(num_tasks):
+        r0 = task * ROWS_PER_TASK
+        r1 = min(num_rows, r0 + ROWS_PER_TASK)
+        tile = np.empty((ROWS_PER_TASK, min(K_CHUNK, codes.shape[1])), np.float32)
+        part = np.empty((panels.shape[0], ROWS_PER_TASK, LANES), np.float32)
+        gemm_rows(codes, scales, panels, r0, r1, tile, part)
+        for t in range(y.shape[0]):
+            y[t, r0:r1] = part[t // LANES, : r1 - r0, t % LANES]
+
+
+def pack_activations(x: np.ndarray) -> np.ndarray:
+    """x [T, K] as float32 panels [ceil(T / LANES), K, LANES]: panel p, lane l holds token p * LANES + l
+    (zero past T). Each panel is read front to back by the micro-kernel."""
+    num_tokens, num_cols = x.shape
+    padded = np.zeros((round_up(num_tokens, LANES), num_cols), np.float32)
+    padded[:num_tokens] = x
+    return np.ascontiguousarray(padded.reshape(-1, LANES, num_cols).transpose(0, 2, 1))
+
+
+def fp8_gemm(codes: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`x @ W^T` for uint8 e4m3 codes `[N, K]`, float32 ceil-grid scales and float32 `x [T, K]`; float32 `[T, N]`."""
+    codes, scales = check_fp8_weight("weight", codes, scales)
+    x = check_activations("x", x, codes.shape[1], ndim=2)
+    num_tokens = x.shape[0]
+    y = np.empty((num_tokens, codes.shape[0]), np.float32)
+    if num_tokens:
+        _fp8_gemm(codes, scales, pack_activations(x), y)
+    return y
+
+
+def fp8_gemm_reference(codes: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The rule itself: dequantize (`model.fp8.dequantize`), then a float64 matrix product."""
+    return (np.asarray(x, np.float64) @ dequantize(codes, scales).astype(np.float64).T).astype(np.float32)

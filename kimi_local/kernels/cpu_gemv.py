@@ -1,0 +1,103 @@
+"""Decode: the block-fp8 GEMV `y = W x` for one token, streaming the weight bytes once.
+
+    W[n, k] = e4m3(Wq[n, k]) * S[n // 128, k // 128]
+
+The block scale moves onto the activation. Rows inside one 128-row scale block share a scale row, so for a
+run of such rows the kernel builds `xs[k] = x[k] * S[rb, k // 128] * 256` once (K multiplies, the 256 undoes
+the half-precision decode's 2^-8, see `cpu_simd`) and every row becomes a plain dot product of its decoded
+codes with `xs`: `e4m3_dot2` takes two rows per pass over `xs`, decodes in registers and prefetches ahead.
+The weight bytes are read once, in address order, and never written anywhere. The last `K % 32` columns of
+each row go through the scalar form of the same decode.
+
+Work items are runs of `ROWS_PER_TASK` rows, split over the threads by `prange`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
+from kimi_local.kernels.cpu_jit import jit, parallel_jit
+from kimi_local.kernels.cpu_simd import DOT_STEP, HALF_BIAS_SHIFT, e4m3_dot1, e4m3_dot2, e4m3_half_bits, half_to_float
+from kimi_local.model.fp8 import BLOCK, dequantize
+
+ROWS_PER_TASK = 64
+
+
+@jit
+def scale_activation(x, scale_row, xs):
+    """xs[k] = x[k] * scale_row[k // 128] * 256 for k < x.size."""
+    num_cols = x.size
+    for kb in range(scale_row.size):
+        s = scale_row[kb] * np.float32(HALF_BIAS_SHIFT)
+        k0 = kb * BLOCK
+        k1 = min(num_cols, k0 + BLOCK)
+        src = x[k0:k1]
+        dst = xs[k0:k1]
+        for i in range(src.size):
+            dst[i] = src[i] * s
+
+
+@jit
+def e4m3_dot_tail(code_row, xs, start):
+    """The columns `start:` of one row's dot product, one code at a time."""
+    codes = code_row[start:]
+    xt = xs[start : code_row.size]
+    acc = np.float32(0.0)
+    for i in range(codes.size):
+        acc += half_to_float(e4m3_half_bits(codes[i])) * xt[i]
+    return acc
+
+
+@jit
+def gemv_rows(codes, scales, x, r0, r1, xs, y):
+    """y[t, r - r0] = sum_k W[r, k] * x[t, k] for rows r0 <= r < r1 and each of the few tokens t < x.shape[0].
+
+    The tokens share each pass over the weight rows (two rows, 2 x K bytes, stay in L1 while every token's
+    `xs` goes by). xs: float32 scratch [>= tokens, >= K]; y: float32 [>= tokens, >= r1 - r0]."""
+    num_tokens = x.shape[0]
+    main = codes.shape[1] - codes.shape[1] % DOT_STEP
+    r = r0
+    while r < r1:
+        block = r // BLOCK
+        run_end = min(r1, (block + 1) * BLOCK)
+        for t in range(num_tokens):
+            scale_activation(x[t], scales[block], xs[t])
+        while r + 2 <= run_end:
+            for t in range(num_tokens):
+                a, b = e4m3_dot2(codes, r, xs[t], main)
+                y[t, r - r0] = a + e4m3_dot_tail(codes[r], xs[t], main)
+                y[t, r + 1 - r0] = b + e4m3_dot_tail(codes[r + 1], xs[t], main)
+            r += 2
+        if r < run_end:
+            for t in range(num_tokens):
+                (a,) = e4m3_dot1(codes, r, xs[t], main)
+                y[t, r - r0] = a + e4m3_dot_tail(codes[r], xs[t], main)
+            r += 1
+
+
+@parallel_jit
+def _fp8_gemv(codes, scales, x, y):
+    num_rows, num_cols = codes.shape
+    num_tasks = (num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    for task in prange(num_tasks):
+        r0 = task * ROWS_PER_TASK
+        r1 = min(num_rows, r0 + ROWS_PER_TASK)
+        xs = np.empty((1, num_cols), np.float32)
+        gemv_rows(codes, scales, x, r0, r1, xs, y[:, r0:r1])
+
+
+def fp8_gemv(codes: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`W x` for uint8 e4m3 codes `[N, K]`, float32 scales on the ceil 128x128 grid and float32 `x [K]`;
+    float32 `[N]`."""
+    codes, scales = check_fp8_weight("weight", codes, scales)
+    x = check_activations("x", x, codes.shape[1], ndim=1)
+    y = np.empty((1, codes.shape[0]), np.float32)
+    _fp8_gemv(codes, scales, x[None, :], y)
+    return y[0]
+
+
+def fp8_gemv_reference(codes: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The rule itself: dequantize (`model.fp8.dequantize`), then a float64 matrix-vector product."""
+    return (dequantize(codes, scales).astype(np.float64) @ np.asarray(x, np.float64)).astype(np.float32)
