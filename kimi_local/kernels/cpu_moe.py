@@ -1,0 +1,283 @@
+"""The fused routed-expert FFN for one MoE layer on the CPU:
+
+    out[t] = sum over the k experts e chosen by token t of  w[t, e] * down_e( silu(gate_e(x[t])) * up_e(x[t]) )
+
+for all experts used in the layer at once, weights in native block-fp8 (`ExpertWeights`, zero-copy views).
+
+Work is split by weight rows, never by expert, so both cores stay busy whatever the routing skew: phase 1
+splits the I gate/up rows into equal runs and every work item computes its run for *every* used expert; phase
+2 does the same with the H down rows, and since an item owns its output columns for all tokens it adds the
+weighted expert outputs without races, in a fixed order (deterministic). Per expert the item picks one of two
+kernels by how many tokens the expert got:
+
+* up to GEMV_MAX_TOKENS (decode): `gemv_rows`, the weight-streaming GEMV (decode in registers, rows in L1
+  across the tokens);
+* more (prefill): `gemm_rows`, decoding each weight once into a float32 tile and running the broadcast
+  micro-kernel over LANES-token panels. Its activations are packed once per call (phase 0), and phase 1
+  writes its intermediate `h` straight in the panel layout phase 2 reads.
+
+Expert weights go to Numba as six typed lists of read-only arrays (one compiled variant for mmap views and
+RAM buffers alike); the per-call cost of building them is about 2 us per array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from numba import prange
+from numba.typed import List
+
+from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
+from kimi_local.kernels.cpu_gemm import K_CHUNK, gemm_rows, round_up
+from kimi_local.kernels.cpu_gemv import gemv_rows
+from kimi_local.kernels.cpu_jit import jit, parallel_jit
+from kimi_local.kernels.cpu_simd import LANES, TILE_ROWS
+from kimi_local.model.experts import ExpertWeights
+from kimi_local.model.fp8 import dequantize
+
+GEMV_MAX_TOKENS = 3  # an expert with more tokens than this goes through the decode-once GEMM
+ITEMS_PER_THREAD = 2  # phase work items per thread (rows are split evenly, each item sees every expert)
+ROW_ALIGN = 2 * TILE_ROWS  # work items start at multiples of this (even: GEMV row pairs; whole tiles)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Routed (token, expert) pairs grouped by expert, the form the kernel walks.
+
+    Expert `e` (an index into the caller's expert list) owns slots `starts[e]:starts[e + 1]`; slot `m` is
+    token `tokens[m]` with routing weight `weights[m]`. Experts above GEMV_MAX_TOKENS have their activations
+    in `panel_offsets[e]`-based panel buffers, the others in `row_offsets[e]`-based row buffers."""
+
+    starts: np.ndarray  # int64 [E + 1]
+    tokens: np.ndarray  # int64 [T * k]
+    weights: np.ndarray  # float32 [T * k]
+    panel_offsets: np.ndarray  # int64 [E + 1], in panels (LANES tokens each)
+    row_offsets: np.ndarray  # int64 [E + 1], in rows (one token each)
+
+
+def group_routing(topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: np.ndarray) -> Routing:
+    """`topk_ids [T, k]` (global expert ids) to slots grouped by position in `expert_ids`."""
+    order = np.argsort(expert_ids, kind="stable")
+    sorted_ids = expert_ids[order]
+    flat = topk_ids.reshape(-1)
+    pos = np.searchsorted(sorted_ids, flat)
+    pos_clipped = np.minimum(pos, len(sorted_ids) - 1)
+    missing = sorted_ids[pos_clipped] != flat
+    if missing.any():
+        raise ValueError(f"topk_ids routes to expert {int(flat[missing][0])}, which is not in expert_ids")
+    index = order[pos_clipped]  # position of each routed pair's expert in the caller's list
+    slot_order = np.argsort(index, kind="stable")
+    counts = np.bincount(index, minlength=len(expert_ids))
+    starts = np.zeros(len(expert_ids) + 1, np.int64)
+    np.cumsum(counts, out=starts[1:])
+    is_tiled = counts > GEMV_MAX_TOKENS
+    panels = np.where(is_tiled, -(-counts // LANES), 0)
+    rows = np.where(is_tiled, 0, counts)
+    panel_offsets = np.zeros(len(expert_ids) + 1, np.int64)
+    row_offsets = np.zeros(len(expert_ids) + 1, np.int64)
+    np.cumsum(panels, out=panel_offsets[1:])
+    np.cumsum(rows, out=row_offsets[1:])
+    k = topk_ids.shape[1]
+    return Routing(
+        starts=starts,
+        tokens=(slot_order // k).astype(np.int64),
+        weights=np.ascontiguousarray(topk_weights.reshape(-1)[slot_order], dtype=np.float32),
+        panel_offsets=panel_offsets,
+        row_offsets=row_offsets,
+    )
+
+
+def item_rows(num_rows: int, num_threads: int) -> int:
+    """Rows per work item: an even split into ITEMS_PER_THREAD items per thread, aligned to ROW_ALIGN."""
+    return round_up(-(-num_rows // (ITEMS_PER_THREAD * max(1, num_threads))), ROW_ALIGN)
+
+
+@jit
+def silu_mul(g, u):
+    return g / (np.float32(1.0) + np.exp(-g)) * u
+
+
+@parallel_jit
+def _pack_inputs(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows):
+    """Phase 0: activations of tiled experts into LANES-token panels [K, LANES], the others into rows."""
+    num_experts = starts.size - 1
+    for e in prange(num_experts):
+        s0, s1 = starts[e], starts[e + 1]
+        if panel_offsets[e + 1] > panel_offsets[e]:
+            for m in range(s0, s1):
+                panel = x_panels[panel_offsets[e] + (m - s0) // LANES]
+                lane = (m - s0) % LANES
+                src = x[tokens[m]]
+                for k in range(src.size):
+                    panel[k, lane] = src[k]
+        else:
+            for m in range(s0, s1):
+                x_rows[row_offsets[e] + m - s0] = x[tokens[m]]
+
+
+@parallel_jit
+def _gate_up(gate_q, gate_s, up_q, up_s, starts, panel_offsets, row_offsets, x_panels, x_rows,
+             h_panels, h_rows, rows_per_item):
+    """Phase 1: h = silu(gate x) * up x, for intermediate rows split in items, every expert in each item."""
+    num_experts = starts.size - 1
+    inter, hidden = gate_q[0].shape
+    num_items = (inter + rows_per_item - 1) // rows_per_item
+    max_panels = 1
+    for e in range(num_experts):
+        max_panels = max(max_panels, panel_offsets[e + 1] - panel_offsets[e])
+    for item in prange(num_items):
+        r_begin = item * rows_per_item
+        r_end = min(inter, r_begin + rows_per_item)
+        tile = np.empty((TILE_ROWS, min(K_CHUNK, hidden)), np.float32)
+        g_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
+        u_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
+        xs = np.empty((GEMV_MAX_TOKENS, hidden), np.float32)
+        g_rows = np.empty((GEMV_MAX_TOKENS, rows_per_item), np.float32)
+        u_rows = np.empty((GEMV_MAX_TOKENS, rows_per_item), np.float32)
+        for e in range(num_experts):
+            count = starts[e + 1] - starts[e]
+            if count == 0:
+                continue
+            p0, p1 = panel_offsets[e], panel_offsets[e + 1]
+            if p1 > p0:
+                xp = x_panels[p0:p1]
+                hp = h_panels[p0:p1]
+                for r0 in range(r_begin, r_end, TILE_ROWS):
+                    r1 = min(r_end, r0 + TILE_ROWS)
+                    gemm_rows(gate_q[e], gate_s[e], xp, r0, r1, tile, g_tile[: p1 - p0])
+                    gemm_rows(up_q[e], up_s[e], xp, r0, r1, tile, u_tile[: p1 - p0])
+                    for p in range(p1 - p0):
+                        for j in range(r1 - r0):
+                            dst = hp[p, r0 + j]
+                            g = g_tile[p, j]
+                            u = u_tile[p, j]
+                            for lane in range(LANES):
+                                dst[lane] = silu_mul(g[lane], u[lane])
+            else:
+                xr = x_rows[row_offsets[e] : row_offsets[e + 1]]
+                gemv_rows(gate_q[e], gate_s[e], xr, r_begin, r_end, xs, g_rows)
+                gemv_rows(up_q[e], up_s[e], xr, r_begin, r_end, xs, u_rows)
+                for t in range(count):
+                    dst = h_rows[row_offsets[e] + t]
+                    for j in range(r_end - r_begin):
+                        dst[r_begin + j] = silu_mul(g_rows[t, j], u_rows[t, j])
+
+
+@parallel_jit
+def _down(down_q, down_s, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
+          rows_per_item, out):
+    """Phase 2: out[t, n] = sum over t's experts of w * (down h)[n], output rows split in items."""
+    num_experts = starts.size - 1
+    hidden, inter = down_q[0].shape
+    num_items = (hidden + rows_per_item - 1) // rows_per_item
+    max_panels = 1
+    for e in range(num_experts):
+        max_panels = max(max_panels, panel_offsets[e + 1] - panel_offsets[e])
+    for item in prange(num_items):
+        r_begin = item * rows_per_item
+        r_end = min(hidden, r_begin + rows_per_item)
+        tile = np.empty((TILE_ROWS, min(K_CHUNK, inter)), np.float32)
+        y_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
+        xs = np.empty((GEMV_MAX_TOKENS, inter), np.float32)
+        y_rows = np.empty((GEMV_MAX_TOKENS, rows_per_item), np.float32)
+        for e in range(num_experts):
+            s0, s1 = starts[e], starts[e + 1]
+            if s1 == s0:
+                continue
+            p0, p1 = panel_offsets[e], panel_offsets[e + 1]
+            if p1 > p0:
+                hp = h_panels[p0:p1]
+                for r0 in range(r_begin, r_end, TILE_ROWS):
+                    r1 = min(r_end, r0 + TILE_ROWS)
+                    gemm_rows(down_q[e], down_s[e], hp, r0, r1, tile, y_tile[: p1 - p0])
+                    for m in range(s0, s1):
+                        dst = out[tokens[m]]
+                        w = weights[m]
+                        y = y_tile[(m - s0) // LANES]
+                        lane = (m - s0) % LANES
+                        for j in range(r1 - r0):
+                            dst[r0 + j] += w * y[j, lane]
+            else:
+                hr = h_rows[row_offsets[e] : row_offsets[e + 1]]
+                gemv_rows(down_q[e], down_s[e], hr, r_begin, r_end, xs, y_rows)
+                for m in range(s0, s1):
+                    dst = out[tokens[m]]
+                    w = weights[m]
+                    y = y_rows[m - s0]
+                    for j in range(r_end - r_begin):
+                        dst[r_begin + j] += w * y[j]
+
+
+def _weight_lists(experts: Sequence[ExpertWeights]) -> tuple[List, ...]:
+    """Six typed lists (gate_q, gate_s, up_q, up_s, down_q, down_s) of read-only views, shapes checked."""
+    lists = tuple(List() for _ in range(6))
+    first = experts[0]
+    inter, hidden = first.gate_q.shape
+    for i, w in enumerate(experts):
+        for name, codes, scales, shape in (("gate", w.gate_q, w.gate_s, (inter, hidden)),
+                                           ("up", w.up_q, w.up_s, (inter, hidden)),
+                                           ("down", w.down_q, w.down_s, (hidden, inter))):
+            if codes.shape != shape:
+                raise ValueError(f"expert #{i} {name}_q has shape {codes.shape}, expected {shape} "
+                                 f"(like expert #0)")
+            codes, scales = check_fp8_weight(f"expert #{i} {name}", codes, scales)
+            lists[{"gate": 0, "up": 2, "down": 4}[name]].append(codes)
+            lists[{"gate": 1, "up": 3, "down": 5}[name]].append(scales)
+    return lists
+
+
+def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: Sequence[int],
+                experts: Sequence[ExpertWeights], num_threads: int = 2) -> np.ndarray:
+    """sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]) as float32 [T, H].
+
+    x: float32 [T, H]; topk_ids: int [T, k], each id in `expert_ids`; topk_weights: float32 [T, k];
+    experts[i]: the weights of expert expert_ids[i] (distinct ids; an expert without tokens is skipped).
+    `num_threads` only sizes the work split; the caller sets Numba's thread count."""
+    if len(experts) == 0 or len(experts) != len(expert_ids):
+        raise ValueError(f"need one ExpertWeights per expert id: got {len(experts)} experts for "
+                         f"{len(expert_ids)} ids")
+    gate_q, gate_s, up_q, up_s, down_q, down_s = _weight_lists(experts)
+    inter, hidden = gate_q[0].shape
+    x = check_activations("x", x, hidden, ndim=2)
+    topk_ids = np.asarray(topk_ids)
+    topk_weights = np.asarray(topk_weights, dtype=np.float32)
+    if topk_ids.ndim != 2 or topk_ids.shape[0] != x.shape[0] or topk_weights.shape != topk_ids.shape:
+        raise ValueError(f"topk_ids {topk_ids.shape} and topk_weights {topk_weights.shape} must both be "
+                         f"[T, k] with T = {x.shape[0]} (the rows of x)")
+    ids = np.asarray(expert_ids, dtype=np.int64)
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("expert_ids must be distinct")
+    out = np.zeros((x.shape[0], hidden), np.float32)
+    if x.shape[0] == 0:
+        return out
+    routing = group_routing(topk_ids.astype(np.int64), topk_weights, ids)
+    num_panels = int(routing.panel_offsets[-1])
+    num_rows = int(routing.row_offsets[-1])
+    x_panels = np.zeros((num_panels, hidden, LANES), np.float32)
+    x_rows = np.empty((num_rows, hidden), np.float32)
+    h_panels = np.zeros((num_panels, inter, LANES), np.float32)
+    h_rows = np.empty((num_rows, inter), np.float32)
+    _pack_inputs(x, routing.starts, routing.tokens, routing.panel_offsets, routing.row_offsets, x_panels, x_rows)
+    _gate_up(gate_q, gate_s, up_q, up_s, routing.starts, routing.panel_offsets, routing.row_offsets,
+             x_panels, x_rows, h_panels, h_rows, item_rows(inter, num_threads))
+    _down(down_q, down_s, routing.starts, routing.tokens, routing.weights, routing.panel_offsets,
+          routing.row_offsets, h_panels, h_rows, item_rows(hidden, num_threads), out)
+    return out
+
+
+def moe_forward_reference(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray,
+                          expert_ids: Sequence[int], experts: Sequence[ExpertWeights]) -> np.ndarray:
+    """The definition, in float64 on dequantized weights (`model.fp8.dequantize`)."""
+    x64 = np.asarray(x, np.float64)
+    out = np.zeros_like(x64)
+    position = {int(e): i for i, e in enumerate(expert_ids)}
+    for t in range(x64.shape[0]):
+        for e, w in zip(topk_ids[t], topk_weights[t]):
+            ew = experts[position[int(e)]]
+            gate = dequantize(ew.gate_q, ew.gate_s).astype(np.float64) @ x64[t]
+            up = dequantize(ew.up_q, ew.up_s).astype(np.float64) @ x64[t]
+            h = gate / (1.0 + np.exp(-gate)) * up
+            out[t] += float(w) * (dequantize(ew.down_q, ew.down_s).astype(np.float64) @ h)
+    return out.astype(np.float32)
