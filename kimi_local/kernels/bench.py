@@ -1,0 +1,184 @@
+"""`kimi-local bench kernels`: the CPU expert kernels against the machine's memory bandwidth and against torch.
+
+Measured side by side in one run, in interleaved rounds (each round: the bandwidth probe, ours, torch), so
+that every figure sees the same machine load; each figure is the best round:
+
+* read bandwidth: `bandwidth.measure_memory_bandwidth` (a Numba streaming sum) over a buffer far larger than
+  the caches;
+* decode: one token through 8 experts of Kimi-K2's shapes (gate/up [2048, 7168], down [7168, 2048]) with
+  `moe_forward`, rotating over several distinct copies of the experts so that no weight byte comes from a
+  cache; reported as fp8 weight bytes per second (= weights per second). Torch's side: the same experts
+  already dequantized to bf16, `F.linear` per matrix (what a user would run), in weights per second;
+* prefill: 16, 64 and 256 tokens through one expert (`moe_forward`, the decode-once GEMM path) against torch
+  fp32 matmuls on the same expert dequantized to float32, in GFLOP/s (2 * tokens * 3 * I * H per pass).
+
+Weights are synthetic: random e4m3 codes (NaN codes excluded) and random scales; speed does not depend on the
+values. Torch runs with the same thread count as ours.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numba
+import numpy as np
+import torch
+
+from kimi_local.bandwidth import measure_memory_bandwidth
+from kimi_local.kernels.cpu_experts import usable_threads
+from kimi_local.kernels.cpu_moe import moe_forward
+from kimi_local.model.experts import ExpertWeights
+from kimi_local.model.fp8 import dequantize, scale_grid_shape
+
+
+@dataclass(frozen=True)
+class BenchSizes:
+    hidden: int = 7168
+    inter: int = 2048
+    experts_per_token: int = 8
+    prefill_tokens: tuple[int, ...] = (16, 64, 256)
+    bandwidth_bytes: int = 2 << 30  # the probe's buffer
+    rotation_bytes: int = 1 << 30  # decode rotates over at least this many bytes of distinct expert copies
+    rounds: int = 5
+
+
+FULL = BenchSizes()
+QUICK = BenchSizes(bandwidth_bytes=1 << 30, rotation_bytes=768 << 20, rounds=3)
+
+
+def random_expert(sizes: BenchSizes, rng: np.random.Generator) -> ExpertWeights:
+    arrays = []
+    for shape in ((sizes.inter, sizes.hidden), (sizes.inter, sizes.hidden), (sizes.hidden, sizes.inter)):
+        codes = rng.integers(0, 256, shape, dtype=np.uint8)
+        codes[(codes & 0x7F) == 0x7F] ^= 1  # 0x7f/0xff are NaN: make them 0x7e/0xfe
+        arrays += [codes, (rng.random(scale_grid_shape(*shape), dtype=np.float32) + 0.5) / 448]
+    return ExpertWeights(*arrays)
+
+
+def copy_expert(w: ExpertWeights) -> ExpertWeights:
+    return ExpertWeights(*(a.copy() for a in (w.gate_q, w.gate_s, w.up_q, w.up_s, w.down_q, w.down_s)))
+
+
+def dequantized(w: ExpertWeights, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.from_numpy(dequantize(q, s)).to(dtype)
+                 for q, s in ((w.gate_q, w.gate_s), (w.up_q, w.up_s), (w.down_q, w.down_s)))
+
+
+def torch_experts(x: torch.Tensor, experts: list[tuple[torch.Tensor, ...]], weights: list[float]) -> torch.Tensor:
+    """What a user would run on dequantized weights: per expert three F.linear calls, weighted sum."""
+    out = torch.zeros_like(x)
+    for (gate, up, down), w in zip(experts, weights):
+        h = torch.nn.functional.silu(torch.nn.functional.linear(x, gate)) * torch.nn.functional.linear(x, up)
+        out += w * torch.nn.functional.linear(h, down)
+    return out
+
+
+def seconds_per_call(fn: Callable[[], Any], calls: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def run_benchmark(sizes: BenchSizes = FULL, threads: int = 2, seed: int = 0) -> dict[str, Any]:
+    """All figures as one dict (the `--json` object)."""
+    threads = usable_threads(threads)
+    previous_torch, previous_numba = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(threads)
+    numba.set_num_threads(threads)
+    try:
+        rng = np.random.default_rng(seed)
+        experts = [random_expert(sizes, rng) for _ in range(sizes.experts_per_token)]
+        decode = _decode_figures(sizes, threads, experts, rng)
+        prefill = _prefill_figures(sizes, threads, experts[0], rng)
+    finally:
+        torch.set_num_threads(previous_torch)
+        numba.set_num_threads(previous_numba)
+    return {
+        "threads": threads,
+        "shapes": {"gate_up": [sizes.inter, sizes.hidden], "down": [sizes.hidden, sizes.inter],
+                   "experts_per_token": sizes.experts_per_token},
+        **decode,
+        **prefill,
+    }
+
+
+def _decode_figures(sizes: BenchSizes, threads: int, base: list[ExpertWeights],
+                    rng: np.random.Generator) -> dict[str, float]:
+    k = len(base)
+    set_bytes = sum(w.nbytes for w in base)
+    num_weights = sum(w.gate_q.size + w.up_q.size + w.down_q.size for w in base)
+    num_sets = max(2, -(-sizes.rotation_bytes // set_bytes))
+    ours_sets = [base] + [[copy_expert(w) for w in base] for _ in range(num_sets - 1)]
+    torch_base = [dequantized(w, torch.bfloat16) for w in base]
+    torch_sets = [torch_base] + [[tuple(t.clone() for t in e) for e in torch_base] for _ in range(num_sets - 1)]
+    routing_weights = (rng.random((1, k), dtype=np.float32) + 0.5) / k
+    x = rng.standard_normal((1, sizes.hidden), dtype=np.float32)
+    x_bf16 = torch.from_numpy(x).to(torch.bfloat16)
+    ids = np.arange(k)
+
+    def ours(experts):
+        return moe_forward(x, ids[None, :], routing_weights, ids, experts, threads)
+
+    def theirs(experts):
+        return torch_experts(x_bf16, experts, routing_weights[0].tolist())
+
+    ours(ours_sets[0]), theirs(torch_sets[0])  # compile / warm up
+    bandwidth, ours_s, theirs_s = [], [], []
+    for _ in range(sizes.rounds):  # a round touches every copy once: no weight byte comes from a cache
+        bandwidth.append(measure_memory_bandwidth(0.2, sizes.bandwidth_bytes, threads).bytes_per_s)
+        ours_s.append(sum(seconds_per_call(lambda: ours(s)) for s in ours_sets) / num_sets)
+        theirs_s.append(sum(seconds_per_call(lambda: theirs(s)) for s in torch_sets) / num_sets)
+    read_bw, decode_bps, torch_wps = max(bandwidth), set_bytes / min(ours_s), num_weights / min(theirs_s)
+    return {
+        "read_bandwidth_gbps": read_bw / 1e9,
+        "decode_gbps": decode_bps / 1e9,
+        "decode_vs_bandwidth": decode_bps / read_bw,
+        "torch_bf16_decode_gweights_per_s": torch_wps / 1e9,
+        "decode_vs_torch_bf16": decode_bps / torch_wps,
+    }
+
+
+def _prefill_figures(sizes: BenchSizes, threads: int, expert: ExpertWeights,
+                     rng: np.random.Generator) -> dict[str, dict[str, float]]:
+    fp32 = [dequantized(expert, torch.float32)]
+    flops_per_token = 2 * 3 * sizes.inter * sizes.hidden
+    ours, theirs = {}, {}
+    for tokens in sizes.prefill_tokens:
+        x = rng.standard_normal((tokens, sizes.hidden), dtype=np.float32)
+        x_torch = torch.from_numpy(x)
+        ids, weights = np.zeros((tokens, 1), np.int64), np.ones((tokens, 1), np.float32)
+        run_ours = lambda: moe_forward(x, ids, weights, [0], [expert], threads)  # noqa: E731
+        run_theirs = lambda: torch_experts(x_torch, fp32, [1.0])  # noqa: E731
+        run_ours(), run_theirs()
+        ours_s, theirs_s = [], []
+        for _ in range(sizes.rounds):
+            ours_s.append(seconds_per_call(run_ours))
+            theirs_s.append(seconds_per_call(run_theirs))
+        ours[str(tokens)] = tokens * flops_per_token / min(ours_s) / 1e9
+        theirs[str(tokens)] = tokens * flops_per_token / min(theirs_s) / 1e9
+    return {
+        "prefill_gflops": ours,
+        "torch_fp32_prefill_gflops": theirs,
+        "prefill_vs_torch_fp32": {t: ours[t] / theirs[t] for t in ours},
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    s = r["shapes"]
+    lines = [
+        f"CPU expert kernels, {r['threads']} threads, gate/up {s['gate_up']}, down {s['down']}",
+        f"  memory read bandwidth            {r['read_bandwidth_gbps']:7.1f} GB/s",
+        f"  decode: 1 token x {s['experts_per_token']} experts     {r['decode_gbps']:7.1f} GB/s of fp8 weights"
+        f" = {r['decode_vs_bandwidth']:.2f} x read bandwidth",
+        f"  torch bf16, same experts         {r['torch_bf16_decode_gweights_per_s']:7.1f} G weights/s"
+        f"  -> ours {r['decode_vs_torch_bf16']:.2f} x",
+    ]
+    for tokens, gflops in r["prefill_gflops"].items():
+        lines.append(f"  prefill: {int(tokens):3d} tokens, 1 expert   {gflops:7.1f} GFLOP/s"
+                     f"   torch fp32 {r['torch_fp32_prefill_gflops'][tokens]:6.1f}"
+                     f"  -> ours {r['prefill_vs_torch_fp32'][tokens]:.2f} x")
+    return "\n".join(lines)
