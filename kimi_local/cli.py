@@ -23,6 +23,7 @@ COMMANDS = (
     "kimi_local.commands.config_cmd",
     "kimi_local.commands.prompt",
     "kimi_local.commands.serve",
+    "kimi_local.commands.chat",
     "kimi_local.commands.bench",
 )
 
