@@ -1,7 +1,9 @@
 """A conversation plus tools and a tool choice -> the prompt ids the engine sees, and how to read the reply.
 
 Both protocols end here (the Anthropic layer first converts its blocks to OpenAI-style messages), so one
-conversation gives the same prompt whichever API it came through.
+conversation gives the same prompt whichever API it came through. A final assistant message can be continued
+instead of answered (Anthropic's prefill, vLLM's `continue_final_message`): the prompt then ends inside that
+turn, without its <|im_end|> and without a new generation prompt.
 
 Tool choice is enforced by what the reply must start with, appended after the generation prompt:
 - "auto": tools are declared, the model decides; tool-call sections in the reply are parsed;
@@ -45,10 +47,23 @@ def count_tool_calls(messages: list[dict[str, Any]]) -> int:
     return sum(len(m.get("tool_calls") or []) for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
 
 
+def _open_final_turn(chat_format: ChatFormat, messages: list[dict[str, Any]], prompt_ids: list[int]) -> list[int]:
+    """The prompt without the end-of-turn marker that closes the final (assistant) message."""
+    last = messages[-1] if messages else {}
+    if not isinstance(last, dict) or last.get("role") != "assistant" or last.get("tool_calls"):
+        raise bad_request("only a final assistant message without tool calls can be continued", param="messages")
+    end = chat_format.tokenizer.token_id("<|im_end|>")
+    if not prompt_ids or prompt_ids[-1] != end:
+        raise bad_request("the chat template does not end the final assistant message with <|im_end|>; "
+                          "it cannot be continued", param="messages")
+    return prompt_ids[:-1]
+
+
 def build_chat_prompt(chat_format: ChatFormat, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                      tool_choice: str | dict | None, tools_param: str = "tools",
+                      tool_choice: str | dict | None, continue_final: bool = False, tools_param: str = "tools",
                       choice_param: str = "tool_choice") -> ChatPrompt:
-    """Prompt ids and reply handling; raises ApiError 400 for a bad conversation or tool choice."""
+    """Prompt ids and reply handling; raises ApiError 400 for a bad conversation or tool choice.
+    `continue_final`: the last message is a partial assistant turn that the reply continues."""
     tokenizer = chat_format.tokenizer
     tools = tools or None
     if tool_choice is None:
@@ -61,12 +76,16 @@ def build_chat_prompt(chat_format: ChatFormat, messages: list[dict[str, Any]], t
     if named is not None and named not in tool_names(tools):
         raise bad_request(f"tool_choice names function {named!r}, which is not among the tools", param=choice_param)
     declared = None if tool_choice == "none" else tools
+    if continue_final and (tool_choice == "required" or named is not None):
+        raise bad_request("a forced tool choice cannot continue a partial assistant turn", param=choice_param)
     try:
-        prompt_ids = chat_format.encode_messages(messages, declared)
+        prompt_ids = chat_format.encode_messages(messages, declared, add_generation_prompt=not continue_final)
     except ValueError as exc:
         message = str(exc)
         param = tools_param if message.startswith("tools") else "messages"
         raise bad_request(message, param=param) from None
+    if continue_final:
+        prompt_ids = _open_final_turn(chat_format, messages, prompt_ids)
 
     forced_text = ""
     if tool_choice == "required":

@@ -79,6 +79,7 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    continue_final_message: bool = False  # vLLM's extension: the reply continues the final assistant message
 
     @model_validator(mode="after")
     def _check(self) -> "ChatCompletionRequest":

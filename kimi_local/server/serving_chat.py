@@ -61,7 +61,8 @@ class ChatServing:
         req = await read_request(request, ChatCompletionRequest)
         state = self.state
         prompt: ChatPrompt = await asyncio.to_thread(
-            build_chat_prompt, state.chat_format, req.messages, req.tools, _tool_choice(req))
+            build_chat_prompt, state.chat_format, req.messages, req.tools, _tool_choice(req),
+            req.continue_final_message)
         stop_ids = frozenset() if req.ignore_eos else state.stop_ids
         params = sampling_params(
             req.n, len(prompt.prompt_ids), state.max_context, stop_ids, temperature=req.temperature,

@@ -5,6 +5,8 @@ path as /v1/chat/completions, so both APIs give the model identical prompts. The
 tool-call parser: text becomes `text` blocks, Kimi's tool calls become `tool_use` blocks (ids kept, `input`
 the parsed arguments). Stop reasons: end_turn (end-of-turn token), stop_sequence, max_tokens, tool_use.
 
+A conversation that ends with an assistant turn is continued from there (prefill), not answered anew.
+
 Temperature follows Moonshot's own Anthropic-compatible endpoint: the requested value (Anthropic's 0..1
 scale, default 1) is multiplied by 0.6, so a client's default lands on Kimi's recommended 0.6.
 
@@ -47,8 +49,10 @@ PING_SECONDS = 10.0
 
 
 def _prompt(state: ServerState, req: PromptFields) -> ChatPrompt:
+    """A final assistant turn is a prefill: the reply continues it (as Anthropic's API does)."""
+    prefill = req.messages[-1].role == "assistant"
     return build_chat_prompt(state.chat_format, to_openai_messages(req), to_openai_tools(req.tools),
-                             to_openai_tool_choice(req.tool_choice))
+                             to_openai_tool_choice(req.tool_choice), continue_final=prefill)
 
 
 def stop_reason(event: ChoiceEvent, reply: Reply) -> str:

@@ -33,6 +33,8 @@ WEATHER_ARGS = {"city": "Paris"}
 WEATHER_RESULT_REPLY = "It is sunny in Paris."
 TOOL_PREAMBLE = "Let me check."
 LONG_STORY = "Tell me a long story."
+PREFILL = "The quick"  # a partial assistant turn the reply continues
+PREFILL_CONTINUATION = " brown fox."
 SCRIPTED_BATCH = 4
 
 
@@ -79,6 +81,8 @@ def tool_script(tokenizer: KimiTokenizer):
         last_turn = prompt.rsplit("<|im_assistant|>", 1)[0].rsplit("<|im_end|>", 1)[0].rsplit("<|im_middle|>", 1)[-1]
         if last_turn.startswith("## Return of functions.get_weather:0"):
             return tokenizer.encode(WEATHER_RESULT_REPLY) + [end]
+        if prompt.endswith("<|im_middle|>" + PREFILL):
+            return tokenizer.encode(PREFILL_CONTINUATION) + [end]
         if LONG_STORY in last_user:  # never ends by itself: only the token limit or a disconnect stops it
             return tokenizer.encode("la ") * MAX_CONTEXT
         if "weather" in last_user and "tool_declare" in prompt:

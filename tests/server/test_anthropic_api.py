@@ -13,7 +13,7 @@ import pytest
 from kimi_local.server.app import create_app
 from kimi_local.server.runner import ServerThread
 from kimi_local.server.state import ServerState
-from tests.server.conftest import DEFAULT_REPLY
+from tests.server.conftest import DEFAULT_REPLY, PREFILL, PREFILL_CONTINUATION
 from tests.server.scripted_model import FAIL_MARKER
 
 HELLO = [{"role": "user", "content": "Hello there!"}]
@@ -89,6 +89,13 @@ def test_stop_sequences(scripted):
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "The quick brown fox jumps over the " and final.stop_sequence == "lazy"
+
+
+def test_final_assistant_turn_is_continued(scripted, scripted_server):
+    m = scripted.messages.create(model="k", max_tokens=50, messages=[*HELLO, {"role": "assistant", "content": PREFILL}])
+    assert m.content[0].text == PREFILL_CONTINUATION and m.stop_reason == "end_turn"
+    prompt = scripted_server.state.tokenizer.decode(scripted_server.engine.model.prompts[-1])
+    assert prompt.endswith("<|im_assistant|>assistant<|im_middle|>" + PREFILL)
 
 
 def test_max_tokens(scripted):

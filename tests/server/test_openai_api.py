@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from tests.server.conftest import DEFAULT_REPLY, MAX_CONTEXT
+from tests.server.conftest import DEFAULT_REPLY, MAX_CONTEXT, PREFILL, PREFILL_CONTINUATION
 
 MESSAGES = [{"role": "user", "content": "Hello there, who are you?"}]
 
@@ -102,6 +102,14 @@ def test_ignore_eos_generates_past_the_end_of_turn(scripted):
     r = scripted.chat.completions.create(model="m", messages=MESSAGES, max_tokens=40, extra_body={"ignore_eos": True})
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 40
     assert r.choices[0].message.content == DEFAULT_REPLY  # <|im_end|> repeated is never shown
+
+
+def test_continue_final_message(scripted):
+    messages = [*MESSAGES, {"role": "assistant", "content": PREFILL}]
+    r = scripted.chat.completions.create(model="m", messages=messages, extra_body={"continue_final_message": True})
+    assert r.choices[0].message.content == PREFILL_CONTINUATION
+    with pytest.raises(openai.BadRequestError):  # only an assistant turn can be continued
+        scripted.chat.completions.create(model="m", messages=MESSAGES, extra_body={"continue_final_message": True})
 
 
 def test_stop_sequence_on_scripted_text(scripted):
