@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kimi_local.commands.common import add_model_argument, load_config
+from kimi_local.commands.common import add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from kimi_local.tui.opening import open_local, open_remote
     from kimi_local.tui.store import ConversationStore, default_conversations_dir
 
-    config = load_config(args)
+    from kimi_local.settings import resolve_settings
+
+    # The model directory is not checked here: a missing one is reported inside the app, like other load errors.
+    config = resolve_settings(args, check_model=False).config
     try:
         settings = ChatSettings.from_config(config.tui)
     except ValueError as exc:
