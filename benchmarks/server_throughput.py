@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+import psutil
 import torch
 
 
@@ -93,11 +94,11 @@ def main() -> int:
 
     from kimi_local.commands.common import ensure_demo_checkpoint
     from kimi_local.config import Config, EngineSection
-    from kimi_local.engine.loader import load, physical_cores
+    from kimi_local.engine.loader import load
     from kimi_local.server.app import create_app
     from kimi_local.server.runner import ServerThread, build_state
 
-    torch.set_num_threads(args.threads or physical_cores())
+    torch.set_num_threads(args.threads or psutil.cpu_count(logical=False) or 1)
     backend = args.expert_backend
     if backend is None:
         try:
@@ -127,7 +128,8 @@ def main() -> int:
     finally:
         state.close()
     base = results.get(1, {}).get("decode_tok_s")
-    print(f"{'clients':>7} {'decode tok/s':>13} {'x vs 1':>7} {'end-to-end tok/s':>17} {'TTFT s':>8} {'steps/token':>12}")
+    header = ("clients", "decode tok/s", "x vs 1", "end-to-end tok/s", "TTFT s", "steps/token")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, (7, 13, 7, 17, 8, 12))))
     for c, r in results.items():
         speedup = r["decode_tok_s"] / base if base else float("nan")
         print(f"{c:>7} {r['decode_tok_s']:>13.1f} {speedup:>7.2f} {r['end_to_end_tok_s']:>17.1f} "

@@ -53,7 +53,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0] if exc.errors() else {}
     loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return error_response(request, ApiError(400, f"invalid request: {first.get('msg', 'bad value')}", param=loc or None))
+    message = f"invalid request: {first.get('msg', 'bad value')}"
+    return error_response(request, ApiError(400, message, param=loc or None))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -85,7 +86,10 @@ class CountRequests:
             await self.app(scope, receive, counting_send)
         finally:
             path = scope.get("path", "")
-            endpoint = path if path in self.known_paths else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
+            if path in self.known_paths:
+                endpoint = path
+            else:
+                endpoint = "/v1/models/{id}" if path.startswith("/v1/models/") else "other"
             self.metrics.count_request(endpoint, status)
 
 

@@ -83,7 +83,8 @@ def numeric_fields(snapshot: Any) -> dict[str, Any]:
     elif dataclasses.is_dataclass(snapshot) and not isinstance(snapshot, type):
         items = {f.name: getattr(snapshot, f.name) for f in dataclasses.fields(snapshot)}
     else:
-        items = {k: v for k, v in vars(snapshot).items() if not k.startswith("_")} if hasattr(snapshot, "__dict__") else {}
+        attributes = vars(snapshot) if hasattr(snapshot, "__dict__") else {}
+        items = {k: v for k, v in attributes.items() if not k.startswith("_")}
         for name in dir(type(snapshot)):  # properties such as hit_rate
             if not name.startswith("_") and isinstance(getattr(type(snapshot), name, None), property):
                 items[name] = getattr(snapshot, name)

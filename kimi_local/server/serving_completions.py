@@ -131,7 +131,8 @@ class _Run:
         return Response(body.to_json(), media_type="application/json")
 
     def _chunk(self, choice: CompletionChoice) -> str:
-        return sse(Completion(id=self.id, created=self.created, model=self.state.model_name, choices=[choice]).to_json())
+        chunk = Completion(id=self.id, created=self.created, model=self.state.model_name, choices=[choice])
+        return sse(chunk.to_json())
 
     async def stream(self, streams):
         for i, echo in enumerate(self.echo):
