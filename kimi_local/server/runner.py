@@ -35,14 +35,6 @@ def expert_cache_snapshot(experts):
     return None
 
 
-def attach_routing_stats(model) -> RoutingStats:
-    """Per-layer expert load / entropy statistics, registered as a routing hook on `model` (a KimiModel)."""
-    c = model.config
-    stats = RoutingStats(c.num_hidden_layers, c.n_routed_experts, list(c.moe_layer_ids))
-    model.routing_hooks.append(stats)
-    return stats
-
-
 def build_state(loaded, model_name: str, api_key: str = "", max_queue: int = 64) -> ServerState:
     """`loaded` is an `engine.loader.LoadedModel`; the service it starts is closed by `ServerState.close`."""
     tokenizer = KimiTokenizer.from_dir(loaded.path)
@@ -50,7 +42,7 @@ def build_state(loaded, model_name: str, api_key: str = "", max_queue: int = 64)
     if tokenizer.vocab_size > loaded.engine.config.vocab_size:
         raise ValueError(f"{loaded.path}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
                          f"{loaded.engine.config.vocab_size}")
-    routing = attach_routing_stats(loaded.model)
+    routing = RoutingStats.for_model(loaded.model)  # per-layer expert load and entropy for /metrics
     metrics = ServerMetrics(routing, expert_cache_snapshot(loaded.experts))
     service = EngineService(loaded.engine, max_queue=max_queue)
     return ServerState(service, tokenizer, chat_format, model_name, api_key, metrics)
