@@ -30,6 +30,8 @@ import heapq
 import math
 from collections import OrderedDict, deque
 
+import numpy as np
+
 from kimi_local.cache.policy import EvictionPolicy, HeapPolicy, LRUPolicy
 
 
@@ -88,6 +90,22 @@ class ScorePolicy(HeapPolicy):
     def _victim(self):
         self._expire()
         return super()._victim()
+
+    def seed(self, counts):
+        now = self.clock / self.half_life
+        for key, n in enumerate(np.asarray(counts, dtype=np.float64).tolist()):
+            if n > 0:
+                a = math.log2(n) + now
+                s = self.log_count[key]
+                hi, lo = (s, a) if s >= a else (a, s)
+                self.log_count[key] = hi + math.log2(1.0 + 2.0 ** (lo - hi)) if lo > -math.inf else hi
+        self._rekey()
+
+    def reset_statistics(self):
+        self.log_count = [-math.inf] * self.num_keys
+        self.last_access = [-math.inf] * self.num_keys
+        self._recent.clear()
+        self._rekey()
 
     def decayed_count(self, key: int) -> float:
         """Tokens that chose `key`, decayed to now (half-life in tokens)."""
@@ -200,3 +218,15 @@ class KimiPolicy(EvictionPolicy):
 
     def decayed_count(self, key: int) -> float:
         return self.score.decayed_count(key)
+
+    def seed(self, counts):
+        self.score.seed(counts)
+        for shadow in self.shadows:
+            shadow.policy.seed(counts)
+
+    def reset_statistics(self):
+        self.score.reset_statistics()
+        for shadow in self.shadows:
+            shadow.policy.reset_statistics()
+            shadow.score = 0.0
+        self.use_lru = False

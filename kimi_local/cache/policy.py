@@ -24,6 +24,8 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 
+import numpy as np
+
 
 class PolicyError(RuntimeError):
     """The policy was driven against its protocol (e.g. a victim asked for when everything is pinned)."""
@@ -96,6 +98,13 @@ class EvictionPolicy:
         self._pins[key] -= 1
         if not self._pins[key] and self._resident[key]:
             self._insert(key)
+
+    def seed(self, counts: "np.ndarray") -> None:
+        """Start from known usage (a routing profile): `counts[key]` tokens, flat over all keys. Policies
+        without statistics ignore it."""
+
+    def reset_statistics(self) -> None:
+        """Forget all usage history (residency and pins stay)."""
 
     def is_resident(self, key: int) -> bool:
         return bool(self._resident[key])
@@ -178,6 +187,13 @@ class HeapPolicy(EvictionPolicy):
         if len(self._heap) > 4 * self._num_live + 256:
             self._compact()
 
+    def _rekey(self) -> None:
+        """Priorities changed wholesale: rebuild the heap from the evictable residents."""
+        live = [k for k in range(self.num_keys) if self._stamp[k]]
+        self._heap = []
+        for key in live:
+            self._push(key)
+
     def _compact(self) -> None:
         self._heap = [e for e in self._heap if self._stamp[e[2]] == e[1]]
         heapq.heapify(self._heap)
@@ -223,3 +239,11 @@ class LFUPolicy(HeapPolicy):
 
     def _priority(self, key):
         return self._count[key]
+
+    def seed(self, counts):
+        self._count = [c + float(n) for c, n in zip(self._count, np.asarray(counts, dtype=np.float64).tolist())]
+        self._rekey()
+
+    def reset_statistics(self):
+        self._count = [0] * self.num_keys
+        self._rekey()

@@ -1,0 +1,104 @@
+"""`CachedExperts`: the `RoutedExperts` backend that computes from the expert store.
+
+It wraps any kernel backend that takes an `ExpertSource` (`NumbaExperts`, `TorchReferenceExperts`): per layer
+step it leases the step's experts from the store, lets the kernel read them from their RAM slots, and releases
+them. Around that it
+- feeds the store's routing profile (tokens and router weight per expert);
+- forwards the model's prefetch hint to the store;
+- splits the step when it needs more experts than the RAM budget holds at once (a long prefill chunk on a
+  small budget): the experts go in groups that fit, each token row masked to the experts of the group;
+- sends the experts that sit in the GPU tier (if any) to the GPU kernel, running it while the CPU kernel does
+  the rest; the two partial sums add up to the step's output.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from kimi_local.cache.store import ExpertStore, StoreError
+from kimi_local.model.experts import ExpertSource, ExpertWeights, RoutedExperts, TorchReferenceExperts
+
+
+class _LeasedSource:
+    """What the inner kernel sees: exactly the experts leased for the current group."""
+
+    def __init__(self):
+        self.layer_idx = -1
+        self.weights: dict[int, ExpertWeights] = {}
+
+    def get_expert(self, layer_idx: int, expert_id: int) -> ExpertWeights:
+        if layer_idx != self.layer_idx or expert_id not in self.weights:
+            raise StoreError(f"kernel asked for layer {layer_idx} expert {expert_id}, which is not leased")
+        return self.weights[expert_id]
+
+
+class CachedExperts:
+    def __init__(self, store: ExpertStore, make_kernel: Callable[[ExpertSource], RoutedExperts] | None = None):
+        self.store = store
+        self._source = _LeasedSource()
+        self.kernel = (make_kernel or TorchReferenceExperts)(self._source)
+
+    def prefetch(self, layer_idx: int, expert_ids: torch.Tensor) -> None:
+        self.store.prefetch(layer_idx, expert_ids)
+
+    def __call__(self, layer_idx: int, x: torch.Tensor, topk_ids: torch.Tensor,
+                 topk_weights: torch.Tensor) -> torch.Tensor:
+        ids = topk_ids.detach().to("cpu", torch.int64).numpy()
+        weights = topk_weights.detach().to("cpu", torch.float32).numpy()
+        experts, counts = np.unique(ids, return_counts=True)
+        mass = np.bincount(ids.reshape(-1), weights=weights.reshape(-1), minlength=int(experts.max()) + 1)[experts]
+        self.store.record_routing(layer_idx, experts, counts.astype(np.float64), mass, ids.shape[0])
+        tier = self.store.gpu_tier
+        gpu_out = None
+        if tier is not None:
+            tier.observe(self.store, layer_idx, experts, counts)
+            on_gpu = tier.contains(layer_idx, experts)
+            if on_gpu.any():
+                gpu_out = tier.compute(layer_idx, x, topk_ids, topk_weights)  # async on CUDA
+                cpu_experts = experts[~on_gpu]
+                keep = np.isin(ids, cpu_experts)
+                if not keep.any():
+                    return gpu_out
+                return gpu_out + self._cpu(layer_idx, x, ids, weights, cpu_experts, counts[~on_gpu], keep)
+        return self._cpu(layer_idx, x, ids, weights, experts, counts, None)
+
+    def _cpu(self, layer_idx: int, x: torch.Tensor, ids: np.ndarray, weights: np.ndarray, experts: np.ndarray,
+             counts: np.ndarray, keep: np.ndarray | None) -> torch.Tensor:
+        room = self.store.max_lease
+        if len(experts) > room:
+            self.store.drop_prefetch_holds()
+            room = self.store.max_lease
+            if room < 1:
+                raise StoreError(f"layer {layer_idx}: no RAM expert slot is free to compute with")
+        if len(experts) <= room and keep is None:
+            return self._group(layer_idx, x, ids, weights, experts, counts)
+        out = torch.zeros_like(x)
+        for start in range(0, len(experts), room):
+            group = experts[start : start + room]
+            member = np.isin(ids, group) if keep is None else np.isin(ids, group) & keep
+            rows = np.flatnonzero(member.any(axis=1))
+            if rows.size == 0:
+                continue
+            # Non-members of a row point at one of its members with weight 0: no expert outside the group.
+            fill = ids[rows, member[rows].argmax(axis=1)]
+            sub_ids = np.where(member[rows], ids[rows], fill[:, None])
+            sub_w = np.where(member[rows], weights[rows], 0.0).astype(np.float32)
+            rows_t = torch.from_numpy(rows).to(x.device)
+            part = self._group(layer_idx, x[rows_t], sub_ids, sub_w, group, counts[start : start + room])
+            out.index_add_(0, rows_t, part)
+        return out
+
+    def _group(self, layer_idx: int, x: torch.Tensor, ids: np.ndarray, weights: np.ndarray, experts: np.ndarray,
+               counts: np.ndarray) -> torch.Tensor:
+        leased = self.store.acquire(layer_idx, experts.tolist(), counts.tolist())
+        try:
+            self._source.layer_idx = layer_idx
+            self._source.weights = dict(zip(experts.tolist(), leased))
+            return self.kernel(layer_idx, x, torch.from_numpy(np.ascontiguousarray(ids)).to(x.device),
+                               torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).to(x.device))
+        finally:
+            self._source.weights = {}
+            self.store.release(layer_idx, experts.tolist())

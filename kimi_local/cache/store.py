@@ -1,0 +1,479 @@
+"""`ExpertStore`: routed experts served from a RAM cache with a byte budget, misses streamed from the shards.
+
+Tiers: the checkpoint's shards on disk; a RAM arena of equal slots (`slots.py`) sized by the budget; and
+optionally a GPU tier of hot experts (`gpu_tier.py`). The model asks, the store decides (STYLE 6): which
+experts stay is the eviction policy's call (`kimi_policy.py`), fed with every lookup.
+
+Protocol. A compute kernel reads an expert's slot while it runs, so the slot must not be reused meanwhile:
+`acquire(layer, expert_ids)` returns the weights of all of a layer step's experts, each leased (pinned) until
+`release(layer, expert_ids)` (or use `with store.lease(...)`). `get_expert(layer, e)` (the `ExpertSource`
+interface) leases implicitly until the first lookup of another layer, which is when a layer-by-layer model is
+done with the previous one. `prefetch(layer, ids)` starts reads without waiting; prefetched experts are held
+until that layer's acquire (or another layer's), so a miss of the current layer does not evict them.
+
+Concurrency. One lock guards the tables; reads run on `num_io_threads` threads outside it (os.preadv
+releases the GIL). A key being read has an in-flight entry with a future: a second request for it waits for
+the same read, so an expert is read once however many ask. A failed read (short read, EIO, missing shard)
+raises `ExpertReadError` naming the shard and tensor in every waiter; the last lease holder frees the slot and
+drops the entry, so the cache stays consistent and a later request tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from kimi_local.cache.kimi_policy import KimiPolicy
+from kimi_local.cache.policy import EvictionPolicy, PolicyError
+from kimi_local.cache.profile import ProfileError, RoutingProfile, model_fingerprint
+from kimi_local.cache.reader import (
+    ExpertPlan, ExpertReadError, ShardFiles, expert_slot_bytes, expert_views, plan_expert, read_expert,
+)
+from kimi_local.cache.slots import SlotArena
+from kimi_local.model.checkpoint import Checkpoint
+from kimi_local.model.experts import ExpertWeights
+
+log = logging.getLogger(__name__)
+
+
+class StoreError(RuntimeError):
+    """The store cannot do what was asked within its budget (or was asked for something that does not exist)."""
+
+
+@dataclass
+class _Entry:
+    slot: int
+    plan: ExpertPlan
+    future: Future
+    leases: int = 0  # pins held: acquirers, the read in flight, a pending prefetch, a configured pin
+    weights: ExpertWeights | None = None  # set once the read is done
+    failed: bool = False
+    prefetched: bool = False  # read by prefetch and not looked up since
+
+
+@dataclass
+class _Counters:
+    lookups: int = 0
+    hits: int = 0  # ready in RAM when asked for
+    prefetch_hits: int = 0  # ... because a prefetch read it
+    misses: int = 0  # read on demand
+    inflight_waits: int = 0  # a prefetch read was still running when asked for
+    evictions: int = 0
+    read_errors: int = 0
+    bytes_read: int = 0
+    read_seconds: float = 0.0  # summed over I/O threads
+    stall_seconds: float = 0.0  # time acquire() waited for reads
+    prefetch_reads: int = 0
+    prefetch_unused: int = 0  # prefetch reads whose layer step did not use them
+    predicted: int = 0  # experts looked up in layer steps that had a prediction
+    predicted_hits: int = 0  # ... that the prediction contained
+    extra: dict = field(default_factory=dict)
+
+
+class ExpertStore:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        ram_budget_bytes: int,
+        policy: EvictionPolicy | None = None,
+        gpu_budget_bytes: int = 0,
+        num_io_threads: int = 4,
+        pinned: Iterable[tuple[int, int]] = (),
+        profile_path: str | Path | None = None,
+        use_direct_io: bool = True,
+        populate: bool = False,
+        gpu_device: str | None = None,
+    ):
+        c = checkpoint.config
+        self.checkpoint = checkpoint
+        self.num_layers = c.num_hidden_layers  # keys span all layer indices; dense layers stay unused
+        self.num_experts = c.n_routed_experts
+        self.top_k = c.num_experts_per_tok
+        self.slot_bytes = expert_slot_bytes(checkpoint)
+        num_slots = int(ram_budget_bytes) // self.slot_bytes
+        if num_slots < 1:
+            raise StoreError(f"RAM expert-cache budget of {ram_budget_bytes} bytes holds no expert: one needs "
+                             f"{self.slot_bytes} bytes")
+        if num_io_threads < 1:
+            raise StoreError(f"num_io_threads = {num_io_threads} must be >= 1")
+        self.ram_budget_bytes = int(ram_budget_bytes)
+        self.policy = policy or KimiPolicy(self.num_layers, self.num_experts, top_k=self.top_k, capacity=num_slots)
+        if (self.policy.num_layers, self.policy.num_experts) != (self.num_layers, self.num_experts):
+            raise StoreError(f"policy is sized {self.policy.num_layers} x {self.policy.num_experts}, the model has "
+                             f"{self.num_layers} layers x {self.num_experts} experts")
+        self.arena = SlotArena(num_slots, self.slot_bytes, populate=populate)
+        self.files = ShardFiles(use_direct_io)
+        self._pool = ThreadPoolExecutor(num_io_threads, thread_name_prefix="kimi-expert-io")
+        self._lock = threading.Lock()
+        self._entries: dict[int, _Entry] = {}
+        self._plans: dict[int, ExpertPlan] = {}
+        self._held: dict[int, list[int]] = {}  # layer -> keys held for it by prefetch
+        self._prefetch_read: dict[int, set[int]] = {}  # layer -> keys whose read a prefetch started
+        self._predicted: dict[int, set[int]] = {}  # layer -> keys predicted for its next step
+        self._implicit: tuple[int, dict[int, ExpertWeights]] = (-1, {})  # get_expert's lease: layer, weights
+        self._pinned: list[int] = []
+        self._num_leased = 0  # entries with leases > 0: slots that cannot be evicted now
+        self.counters = _Counters()
+        self.payload_bytes = 0  # one expert's tensor bytes (set by the first plan)
+        self.profile_path = Path(profile_path) if profile_path else None
+        first_moe = c.moe_layer_ids[0] if c.moe_layer_ids else 0
+        self.profile = RoutingProfile(self.num_layers, self.num_experts, model=model_fingerprint(c),
+                                      first_layer=first_moe)
+        self.gpu_tier = None
+        if gpu_budget_bytes > 0:
+            from kimi_local.cache.gpu_tier import GpuTier
+
+            self.gpu_tier = GpuTier.for_budget(c, gpu_budget_bytes, device=gpu_device)
+        if self.profile_path and self.profile_path.exists():
+            self._load_profile()
+        for layer_idx, expert_id in pinned:
+            self._pin_forever(layer_idx, expert_id)
+
+    # -- the lease protocol --------------------------------------------------------------------------------
+    def acquire(self, layer_idx: int, expert_ids: Iterable[int],
+                token_counts: Iterable[float] | None = None) -> list[ExpertWeights]:
+        """Weights of `expert_ids` (distinct) for one layer step, each leased until `release`. `token_counts`:
+        how many of the step's tokens chose each expert (default 1), what the policy weighs."""
+        ids = [int(e) for e in expert_ids]
+        keys = [self._key(layer_idx, e) for e in ids]
+        if len(set(keys)) != len(keys):
+            raise StoreError(f"acquire: expert ids of layer {layer_idx} must be distinct, got {ids}")
+        counts = [1.0] * len(keys) if token_counts is None else [float(n) for n in token_counts]
+        entries: list[_Entry] = []
+        start = time.perf_counter()
+        with self._lock:
+            try:
+                for key, n in zip(keys, counts):
+                    entries.append(self._lease_for_lookup(key, n))
+            except BaseException:
+                for key, entry in zip(keys, entries):
+                    self._unlease(key, entry)
+                raise
+            self._account_prediction(layer_idx, keys)
+            self._release_held(keep=layer_idx + 1)
+        waited = False
+        try:
+            for entry in entries:
+                if entry.weights is None:
+                    waited = True
+                    entry.future.result()
+        except BaseException:
+            self.release(layer_idx, ids)
+            raise
+        if waited:
+            with self._lock:
+                self.counters.stall_seconds += time.perf_counter() - start
+        return [entry.weights for entry in entries]  # type: ignore[misc]
+
+    def release(self, layer_idx: int, expert_ids: Iterable[int]) -> None:
+        with self._lock:
+            for e in expert_ids:
+                key = self._key(layer_idx, int(e))
+                entry = self._entries.get(key)
+                if entry is None or entry.leases == 0:
+                    raise StoreError(f"release: layer {layer_idx} expert {e} is not leased")
+                self._unlease(key, entry)
+
+    @contextmanager
+    def lease(self, layer_idx: int, expert_ids: Iterable[int],
+              token_counts: Iterable[float] | None = None) -> Iterator[list[ExpertWeights]]:
+        ids = [int(e) for e in expert_ids]
+        weights = self.acquire(layer_idx, ids, token_counts)
+        try:
+            yield weights
+        finally:
+            self.release(layer_idx, ids)
+
+    def get_expert(self, layer_idx: int, expert_id: int) -> ExpertWeights:
+        """`ExpertSource`: leased until a lookup of another layer (see the module docstring)."""
+        layer, held = self._implicit
+        if layer != layer_idx:
+            self.release_implicit()
+            held = {}
+            self._implicit = (layer_idx, held)
+        if expert_id not in held:
+            held[expert_id] = self.acquire(layer_idx, [expert_id])[0]
+        return held[expert_id]
+
+    def release_implicit(self) -> None:
+        layer, held = self._implicit
+        if held:
+            self.release(layer, list(held))
+        self._implicit = (-1, {})
+
+    @property
+    def max_lease(self) -> int:
+        """Experts a layer step can lease now: slots not held by leases, prefetches or reads in flight."""
+        with self._lock:
+            return self.arena.num_slots - self._num_leased
+
+    def drop_prefetch_holds(self) -> None:
+        """Unpin what prefetches hold (the data stays cached) and wait for their reads, to free room."""
+        with self._lock:
+            self._release_held(keep=None)
+        self.wait_idle()
+
+    # -- prefetch --------------------------------------------------------------------------------------------
+    def prefetch(self, layer_idx: int, expert_ids) -> None:
+        """Start reading the experts predicted for `layer_idx`'s next step (best effort, never blocks on I/O)."""
+        ids = np.unique(np.asarray(expert_ids.cpu() if hasattr(expert_ids, "cpu") else expert_ids).reshape(-1))
+        keys = [self._key(layer_idx, int(e)) for e in ids]
+        with self._lock:
+            self._release_held(keep=None, only=layer_idx)
+            self._predicted[layer_idx] = set(keys)
+            started = self._prefetch_read.setdefault(layer_idx, set())
+            held = self._held.setdefault(layer_idx, [])
+            for key in keys:
+                if self._num_leased >= self.arena.num_slots // 2:
+                    break  # keep half the slots for the layer step that runs meanwhile
+                entry = self._entries.get(key)
+                if entry is None:
+                    if self.arena.num_free == 0 and not self._evict_one(required=False):
+                        break  # everything else is in use: skip the rest of the guess
+                    try:
+                        entry = self._start_read(key, prefetch=True)
+                    except Exception as exc:  # a hint must not fail the step; the demand read will report it
+                        log.warning("prefetch of layer %d expert %d failed: %s", layer_idx,
+                                    key % self.num_experts, exc)
+                        break
+                    started.add(key)
+                    self.counters.prefetch_reads += 1
+                self._lease(key, entry)
+                held.append(key)
+
+    # -- statistics, profile -------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        with self._lock:
+            c = self.counters
+            resident = sum(1 for e in self._entries.values() if e.weights is not None)
+            hidden = c.prefetch_hits
+            exposed = c.misses + c.inflight_waits
+            return {
+                "lookups": c.lookups, "hits": c.hits, "misses": c.misses, "hit_rate": c.hits / max(c.lookups, 1),
+                "prefetch_hits": c.prefetch_hits, "inflight_waits": c.inflight_waits,
+                "prefetch_reads": c.prefetch_reads, "prefetch_unused": c.prefetch_unused,
+                "prefetch_recall": c.predicted_hits / c.predicted if c.predicted else None,
+                "prefetch_extra_bytes": c.prefetch_unused * self.payload_bytes,
+                "stall_seconds": c.stall_seconds,
+                "stall_fraction": exposed / (exposed + hidden) if exposed + hidden else None,
+                "bytes_read": c.bytes_read, "read_seconds": c.read_seconds, "evictions": c.evictions,
+                "read_errors": c.read_errors,
+                "ram_budget_bytes": self.ram_budget_bytes, "ram_slots": self.arena.num_slots,
+                "ram_resident_experts": resident, "ram_resident_bytes": resident * self.payload_bytes,
+                "ram_arena_bytes": self.arena.nbytes, "pinned_experts": len(self._pinned),
+                "direct_io_shards": self.files.direct_count,
+                **(self.gpu_tier.snapshot() if self.gpu_tier else {"gpu_resident_experts": 0, "gpu_bytes": 0}),
+            }
+
+    def record_routing(self, layer_idx: int, expert_ids: np.ndarray, token_counts: np.ndarray,
+                       router_mass: np.ndarray, num_tokens: int) -> None:
+        """Feed the routing profile with one layer step (the backend calls this)."""
+        with self._lock:
+            self.profile.record(layer_idx, expert_ids, token_counts, router_mass, num_tokens)
+
+    def save_profile(self) -> None:
+        if self.profile_path is None:
+            raise StoreError("save_profile: this store has no profile_path")
+        with self._lock:
+            self.profile.save(self.profile_path)
+
+    def reset_profile(self) -> None:
+        """Forget all routing history: the profile file, the profile and the policy's statistics."""
+        with self._lock:
+            self.profile.reset()
+            self.policy.reset_statistics()
+            if self.profile_path is not None:
+                self.profile_path.unlink(missing_ok=True)
+
+    def warm_start(self, max_experts: int | None = None) -> list[tuple[int, int]]:
+        """Read the profile's most used experts ahead (as prefetches without a layer step); returns them."""
+        n = self.arena.num_free if max_experts is None else max_experts
+        top = self.profile.top_keys(n)
+        with self._lock:
+            for layer_idx, expert_id in top:
+                key = self._key(layer_idx, expert_id)
+                if key in self._entries:
+                    continue
+                if self.arena.num_free == 0:
+                    break
+                self._start_read(key, prefetch=True)
+        return top
+
+    def wait_idle(self) -> None:
+        """Block until every read started so far has finished (tests, benchmarks)."""
+        with self._lock:
+            futures = [e.future for e in self._entries.values()]
+        for f in futures:
+            try:
+                f.result()
+            except ExpertReadError:
+                pass
+
+    def close(self) -> None:
+        self.release_implicit()
+        self._pool.shutdown(wait=True)
+        if self.profile_path is not None:
+            try:
+                self.save_profile()
+            except OSError as exc:
+                log.warning("could not save the routing profile to %s: %s", self.profile_path, exc)
+        self.files.close()
+
+    def __enter__(self) -> "ExpertStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals (called with the lock held) --------------------------------------------------------------
+    def _key(self, layer_idx: int, expert_id: int) -> int:
+        c = self.checkpoint.config
+        if not (0 <= layer_idx < self.num_layers and c.is_moe_layer(layer_idx)):
+            raise StoreError(f"layer {layer_idx} has no routed experts")
+        if not 0 <= expert_id < self.num_experts:
+            raise StoreError(f"expert {expert_id} out of range (layer {layer_idx} has {self.num_experts})")
+        return layer_idx * self.num_experts + expert_id
+
+    def _lease(self, key: int, entry: _Entry, pin: bool = True) -> None:
+        if pin:
+            self.policy.pin(key)
+        entry.leases += 1
+        self._num_leased += entry.leases == 1
+
+    def _unlease(self, key: int, entry: _Entry) -> None:
+        entry.leases -= 1
+        self.policy.unpin(key)
+        if entry.leases == 0:
+            self._num_leased -= 1
+            if entry.failed:
+                self._drop(key, entry)
+
+    def _drop(self, key: int, entry: _Entry) -> None:
+        del self._entries[key]
+        self.policy.remove(key)
+        self.arena.free(entry.slot)
+
+    def _lease_for_lookup(self, key: int, tokens: float) -> _Entry:
+        c = self.counters
+        c.lookups += 1
+        self.policy.pin(key)  # before the lookup, so no eviction below can pick it
+        try:
+            self.policy.access(key, tokens)
+            entry = self._entries.get(key)
+            if entry is None:
+                c.misses += 1
+                entry = self._start_read(key, prefetch=False)
+            elif entry.weights is None:
+                c.inflight_waits += 1
+            else:
+                c.hits += 1
+                c.prefetch_hits += entry.prefetched
+            entry.prefetched = False
+        except BaseException:
+            self.policy.unpin(key)
+            raise
+        self._lease(key, entry, pin=False)  # the pin above is this lease's
+        return entry
+
+    def _evict_one(self, required: bool = True) -> bool:
+        try:
+            key = self.policy.victim()
+        except PolicyError:
+            if not required:
+                return False
+            raise StoreError(
+                f"RAM expert cache is full: all {self.arena.num_slots} slots ({self.ram_budget_bytes} bytes) hold "
+                f"experts in use; one layer step needs more experts than the budget holds"
+            ) from None
+        entry = self._entries[key]
+        if entry.prefetched:
+            self.counters.prefetch_unused += 1
+        self._drop(key, entry)
+        self.counters.evictions += 1
+        return True
+
+    def _start_read(self, key: int, prefetch: bool) -> _Entry:
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = plan_expert(self.checkpoint, *divmod(key, self.num_experts))
+            self.payload_bytes = plan.nbytes
+        slot = self.arena.allocate()
+        if slot is None:
+            self._evict_one()
+            slot = self.arena.allocate()
+        self.policy.admit(key)
+        entry = _Entry(slot=slot, plan=plan, future=Future(), prefetched=prefetch)
+        self._entries[key] = entry
+        self._lease(key, entry)  # the read's own lease: the slot is being written
+        entry.future = self._pool.submit(self._read, key, entry)
+        return entry
+
+    def _read(self, key: int, entry: _Entry) -> None:
+        """On an I/O thread: fill the slot, then publish the views."""
+        start = time.perf_counter()
+        try:
+            nbytes = read_expert(entry.plan, self.files, self.arena.slot_view(entry.slot))
+            weights = ExpertWeights(*expert_views(entry.plan, self.arena.array, self.arena.base(entry.slot)))
+        except BaseException as exc:
+            with self._lock:
+                entry.failed = True
+                self.counters.read_errors += 1
+                self._unlease(key, entry)
+            if not isinstance(exc, ExpertReadError):
+                raise ExpertReadError(0, f"layer {entry.plan.layer_idx} expert {entry.plan.expert_id}: {exc}") from exc
+            raise
+        with self._lock:
+            entry.weights = weights
+            self.counters.bytes_read += nbytes
+            self.counters.read_seconds += time.perf_counter() - start
+            self._unlease(key, entry)
+
+    def _account_prediction(self, layer_idx: int, keys: list[int]) -> None:
+        predicted = self._predicted.pop(layer_idx, None)
+        if predicted is not None:
+            self.counters.predicted += len(keys)
+            self.counters.predicted_hits += len(predicted.intersection(keys))
+        started = self._prefetch_read.pop(layer_idx, None)
+        if started:
+            self.counters.prefetch_unused += len(started.difference(keys))
+            for key in started.difference(keys):  # counted now; an eviction must not count them again
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.prefetched = False
+
+    def _release_held(self, keep: int | None, only: int | None = None) -> None:
+        """Drop prefetch holds: of layer `only`, or of every layer but `keep`."""
+        for layer in list(self._held):
+            if (only is not None and layer != only) or layer == keep:
+                continue
+            for key in self._held.pop(layer):
+                self._unlease(key, self._entries[key])
+
+    def _pin_forever(self, layer_idx: int, expert_id: int) -> None:
+        key = self._key(layer_idx, expert_id)
+        if len(self._pinned) + 1 >= self.arena.num_slots:
+            raise StoreError(f"pinned experts need at least {len(self._pinned) + 2} slots (one for the rest); the "
+                             f"budget holds {self.arena.num_slots}")
+        self.acquire(layer_idx, [expert_id])  # the lease is never released
+        self._pinned.append(key)
+
+    def _load_profile(self) -> None:
+        try:
+            self.profile = RoutingProfile.load(self.profile_path, self.num_layers, self.num_experts,
+                                               model=self.profile.model, first_layer=self.profile.first_layer)
+        except ProfileError as exc:
+            log.warning("ignoring the routing profile: %s", exc)
+            return
+        policy_half_life = getattr(getattr(self.policy, "score", self.policy), "half_life", None)
+        scale = 1.0
+        if policy_half_life:  # profile counts span a longer half-life: bring them to the policy's scale
+            scale = min(1.0, policy_half_life / (self.profile.half_life_tokens * self.num_layers * self.top_k))
+        self.policy.seed(self.profile.usage.reshape(-1) * scale)

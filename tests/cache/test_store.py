@@ -1,0 +1,268 @@
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from kimi_local.cache import reader as reader_module
+from kimi_local.cache.reader import ALIGN, ExpertReadError, expert_slot_bytes, plan_expert
+from kimi_local.cache.store import ExpertStore, StoreError
+from kimi_local.model.checkpoint import Checkpoint, CheckpointError
+
+LAYER = 1  # tiny: layer 0 is dense, layers 1-2 have 16 experts
+
+
+@pytest.fixture
+def ckpt(tiny_checkpoint, tmp_path):
+    """A private copy, so tests may damage its shards."""
+    path = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, path)
+    with Checkpoint.open(path) as c:
+        yield c
+
+
+def make_store(ckpt, num_slots, **kw):
+    return ExpertStore(ckpt, num_slots * expert_slot_bytes(ckpt), num_io_threads=2, **kw)
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a.__dict__.values(), b.__dict__.values()))
+
+
+def test_acquire_reads_exact_weights(ckpt):
+    with make_store(ckpt, 4) as store:
+        got = store.acquire(LAYER, [3, 7])
+        assert same(got[0], ckpt.expert(LAYER, 3)) and same(got[1], ckpt.expert(LAYER, 7))
+        assert not got[0].gate_q.flags.writeable
+        store.release(LAYER, [3, 7])
+        snap = store.snapshot()
+        assert (snap["misses"], snap["hits"], snap["ram_resident_experts"]) == (2, 0, 2)
+        with store.lease(LAYER, [3]) as (w,):
+            assert same(w, ckpt.expert(LAYER, 3))
+        assert store.snapshot()["hits"] == 1
+
+
+def test_plan_reads_aligned_ranges_within_the_slot(ckpt):
+    plan = plan_expert(ckpt, 2, 5)
+    slot = expert_slot_bytes(ckpt)
+    for op in plan.reads:
+        assert op.file_offset % ALIGN == 0 and op.length % ALIGN == 0 and op.slot_offset % ALIGN == 0
+        assert op.slot_offset + op.length <= slot
+    assert len(plan.reads) < 6  # each weight and its scale grid are adjacent in the shard: one read
+
+
+def test_eviction_respects_the_budget_exactly(ckpt):
+    slot = expert_slot_bytes(ckpt)
+    with ExpertStore(ckpt, 5 * slot + slot - 1, num_io_threads=2) as store:  # 5.99 slots -> 5
+        assert store.arena.num_slots == 5 and store.arena.nbytes == 5 * slot
+        for e in range(16):
+            with store.lease(LAYER + e % 2, [e]):
+                assert store.snapshot()["ram_resident_experts"] <= 5
+        snap = store.snapshot()
+        assert snap["ram_resident_experts"] == 5 and snap["evictions"] == 11
+        assert store.policy.num_keys and len(store.policy) == 5
+
+
+def test_budget_too_small(ckpt):
+    with pytest.raises(StoreError, match="holds no expert"):
+        ExpertStore(ckpt, 1000)
+    with make_store(ckpt, 2) as store:
+        with pytest.raises(StoreError, match="all 2 slots"):
+            store.acquire(LAYER, [0, 1, 2])
+        store.wait_idle()  # the two reads it started finish and stay cached
+        assert store.snapshot()["ram_resident_experts"] == 2
+        assert store.max_lease == 2  # the failed acquire released what it had leased
+    with pytest.raises(StoreError, match="layer 0 has no routed experts"):
+        make_store(ckpt, 2).acquire(0, [1])
+    with pytest.raises(StoreError, match="expert 16 out of range"):
+        make_store(ckpt, 2).acquire(1, [16])
+
+
+def test_pinned_experts_stay(ckpt):
+    with make_store(ckpt, 3, pinned=[(2, 9)]) as store:
+        reads = store.snapshot()["misses"]
+        for e in range(16):
+            with store.lease(LAYER, [e]):
+                pass
+        with store.lease(2, [9]):
+            pass
+        snap = store.snapshot()
+        assert snap["misses"] == reads + 16  # 2:9 was never read again
+        assert store.policy.is_pinned(2 * 16 + 9)
+    with pytest.raises(StoreError, match="pinned experts need"):
+        make_store(ckpt, 2, pinned=[(1, 0), (1, 1)])
+
+
+def test_in_use_slots_are_never_reused(ckpt):
+    with make_store(ckpt, 3) as store:
+        held = store.acquire(LAYER, [0, 1])
+        before = held[0].gate_q.copy()
+        for e in range(2, 16):
+            with store.lease(LAYER, [e]):
+                pass
+        assert np.array_equal(held[0].gate_q, before)
+        store.release(LAYER, [0, 1])
+        with pytest.raises(StoreError, match="not leased"):
+            store.release(LAYER, [0])
+
+
+def truncate_expert(ckpt, layer, expert):
+    info = ckpt.info(f"model.layers.{layer}.mlp.experts.{expert}.down_proj.weight")
+    with open(info.shard, "r+b") as f:
+        f.truncate(info.offset + 10)
+    return info
+
+
+def test_truncated_shard_gives_a_clear_error_and_the_cache_stays_consistent(ckpt):
+    with make_store(ckpt, 3) as store:
+        with store.lease(LAYER, [0]):
+            pass
+        info = truncate_expert(ckpt, LAYER, 15)  # the header was parsed before: the read itself comes up short
+        with pytest.raises(ExpertReadError, match=rf"{info.shard.name}: tensor '.*experts\.15\.down_proj.*short read"):
+            store.acquire(LAYER, [15])
+        snap = store.snapshot()
+        assert snap["read_errors"] == 1 and snap["ram_resident_experts"] == 1
+        assert store.arena.num_free == 2 and not store.policy.is_resident(LAYER * 16 + 15)
+        with store.lease(LAYER, [0, 1]) as (w0, w1):  # still works for what can be read
+            assert same(w1, ckpt.expert(LAYER, 1))
+
+
+def test_io_error_mid_read(ckpt, monkeypatch):
+    real = os.preadv
+    calls = {"n": 0}
+
+    def flaky(fd, buffers, offset):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(5, "Input/output error")
+        return real(fd, buffers, offset)
+
+    with make_store(ckpt, 4) as store:
+        monkeypatch.setattr(reader_module.os, "preadv", flaky)
+        with pytest.raises(ExpertReadError, match="read failed at byte .*Input/output error"):
+            store.acquire(LAYER, [4])
+        assert store.arena.num_free == 4
+        with store.lease(LAYER, [4]) as (w,):  # retried: the next read succeeds
+            assert same(w, ckpt.expert(LAYER, 4))
+
+
+def test_missing_shard(ckpt):
+    info = ckpt.info(f"model.layers.{LAYER}.mlp.experts.2.gate_proj.weight")
+    with make_store(ckpt, 4) as store:
+        info.shard.unlink()
+        store.files._fds.clear()  # as if never opened
+        with pytest.raises(ExpertReadError, match=rf"{info.shard.name}: tensor .*shard is missing"):
+            store.acquire(LAYER, [2])
+        assert store.arena.num_free == 4
+
+
+def test_truncated_shard_header_check(tiny_checkpoint, tmp_path):
+    path = tmp_path / "c"
+    shutil.copytree(tiny_checkpoint, path)
+    with Checkpoint.open(path) as c:
+        truncate_expert(c, LAYER, 15)
+    with Checkpoint.open(path) as c, make_store(c, 3) as store:
+        with pytest.raises(CheckpointError, match="truncated shard"):
+            store.acquire(LAYER, [15])
+        assert store.arena.num_free == 3 and len(store.policy) == 0
+
+
+def test_concurrent_lookups_of_one_expert_read_it_once(ckpt, monkeypatch):
+    real = reader_module.read_expert
+    reads = []
+
+    def slow(plan, files, slot):
+        reads.append(plan.expert_id)
+        time.sleep(0.2)
+        return real(plan, files, slot)
+
+    monkeypatch.setattr("kimi_local.cache.store.read_expert", slow)
+    with make_store(ckpt, 4) as store:
+        results = []
+
+        def worker():
+            results.append(store.acquire(LAYER, [6])[0])
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert reads == [6]
+        assert all(r is results[0] for r in results)
+        snap = store.snapshot()
+        assert snap["misses"] == 1 and snap["inflight_waits"] == 5 and snap["lookups"] == 6
+        store.release(LAYER, [6] * 6)
+        assert store.max_lease == 4
+
+
+def test_prefetch_hides_reads_and_counts_recall(ckpt):
+    with make_store(ckpt, 8) as store:
+        store.prefetch(LAYER, np.array([[1, 2], [3, 1]]))
+        store.wait_idle()
+        with store.lease(LAYER, [1, 2, 5]):
+            pass
+        snap = store.snapshot()
+        assert snap["prefetch_reads"] == 3 and snap["prefetch_hits"] == 2 and snap["misses"] == 1
+        assert snap["prefetch_recall"] == pytest.approx(2 / 3)
+        assert snap["prefetch_unused"] == 1 and snap["prefetch_extra_bytes"] == store.payload_bytes
+        assert snap["stall_fraction"] == pytest.approx(1 / 3)
+        assert store.max_lease == 8  # the prefetch holds were consumed
+
+
+def test_prefetch_leaves_room_for_the_current_step(ckpt):
+    with make_store(ckpt, 4) as store:
+        store.prefetch(2, list(range(10)))
+        assert store.snapshot()["prefetch_reads"] == 2  # at most half the slots
+        with store.lease(LAYER, [0, 1]):
+            pass
+
+
+def test_get_expert_leases_until_another_layer(ckpt):
+    with make_store(ckpt, 3) as store:
+        a = store.get_expert(1, 0)
+        assert store.get_expert(1, 0) is a
+        store.get_expert(1, 1)
+        assert store.max_lease == 1
+        store.get_expert(2, 0)  # layer 1's experts are released now
+        assert store.max_lease == 2
+        assert same(store.get_expert(2, 0), ckpt.expert(2, 0))
+
+
+def test_buffered_fallback_reads_the_same(ckpt):
+    with make_store(ckpt, 2, use_direct_io=False) as store:
+        with store.lease(2, [11]) as (w,):
+            assert same(w, ckpt.expert(2, 11))
+        assert store.snapshot()["direct_io_shards"] == 0
+
+
+@pytest.mark.parametrize("refuse_at", ["open", "read"])
+def test_o_direct_refusal_falls_back(ckpt, monkeypatch, refuse_at):
+    """Some file systems refuse O_DIRECT at open, others at the first read (EINVAL): read buffered then."""
+    real_open, real_preadv = os.open, os.preadv
+    direct_fds = set()
+
+    def fake_open(path, flags, *args):
+        if flags & os.O_DIRECT:
+            if refuse_at == "open":
+                raise OSError(22, "Invalid argument")
+            fd = real_open(path, flags, *args)
+            direct_fds.add(fd)
+            return fd
+        fd = real_open(path, flags, *args)
+        direct_fds.discard(fd)  # a closed O_DIRECT descriptor's number may be reused
+        return fd
+
+    def fake_preadv(fd, buffers, offset):
+        if fd in direct_fds:
+            raise OSError(22, "Invalid argument")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(reader_module.os, "open", fake_open)
+    monkeypatch.setattr(reader_module.os, "preadv", fake_preadv)
+    with make_store(ckpt, 2) as store:
+        with store.lease(1, [3]) as (w,):
+            assert same(w, ckpt.expert(1, 3))
+        assert store.snapshot()["direct_io_shards"] == 0
