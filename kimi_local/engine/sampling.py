@@ -63,6 +63,7 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
             sorted_logits, order = torch.sort(scaled, descending=True)
             cumulative = sorted_logits.softmax(-1).cumsum(-1)
             drop = cumulative - sorted_logits.softmax(-1) >= params.top_p  # keep the smallest set reaching top_p
+            drop[0] = False  # the best token always stays (a top_p below float32's range would drop all)
             scaled = scaled.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
         probs = scaled.softmax(-1)
         token = int(torch.multinomial(probs, 1, generator=generator))
