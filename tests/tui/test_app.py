@@ -4,8 +4,7 @@ stop, regenerate, new conversation, settings, telemetry, saving and reopening, c
 from __future__ import annotations
 
 import asyncio
-
-import pytest
+from dataclasses import replace
 
 from kimi_local.tui.app import KimiChatApp
 from kimi_local.tui.chat_settings import ChatSettings
@@ -19,7 +18,7 @@ from kimi_local.tui.widgets.prompt_input import PromptInput
 from kimi_local.tui.widgets.telemetry_panel import TelemetryPanel
 from tests.tui.conftest import SIZE, screen_text, wait_until
 
-GREEDY = ChatSettings(system_prompt="Be brief.", temperature=0.0, top_p=1.0, max_tokens=40)
+GREEDY = ChatSettings(system_prompt="Be brief.", temperature=0.0, top_p=1.0, max_tokens=16)
 
 
 def make_app(tiny_checkpoint, tiny_config, tmp_path, settings=GREEDY, model=None):
@@ -59,7 +58,7 @@ async def finished(pilot, screen: ChatScreen) -> None:
 
 def test_streamed_answer_and_telemetry(tiny_checkpoint, tiny_config, tmp_path):
     async def go():
-        app = make_app(tiny_checkpoint, tiny_config, tmp_path, settings=GREEDY)
+        app = make_app(tiny_checkpoint, tiny_config, tmp_path, settings=replace(GREEDY, max_tokens=40))
         async with app.run_test(size=SIZE) as pilot:
             screen = await ready(app, pilot)
             panel = screen.query_one(TelemetryPanel)

@@ -84,6 +84,6 @@ def test_panel_values():
     values = telemetry_values(t, meter)
     assert values["process RSS"] == "1.0 GiB" and values["free RAM"] == "2.0 GiB"
     assert values["GPU memory"] == "no GPU" and values["hit rate"] == "50.0%" and values["RAM tier"] == "1.0 MiB"
-    assert values["GPU tier"] == "n/a" and values["context"] == "n/a"
+    assert values["GPU tier"] == "n/a" and values["context"] == "n/a" and values["prefetch recall"] == "n/a"
     gpu = telemetry_values(Telemetry(has_gpu=True, gpu_used_bytes=2**30, gpu_total_bytes=4 * 2**30), None)
     assert gpu["GPU memory"] == "1.0 GiB / 4.0 GiB"

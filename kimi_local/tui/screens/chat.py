@@ -165,7 +165,7 @@ class ChatScreen(Screen):
             if error:
                 self.set_status(f"Error: {error}", "bold red")
             elif finish == "stopped":
-                self.set_status("Stopped; the partial answer is kept. " + READY)
+                self.set_status("Stopped; the partial answer is kept.")
             else:
                 self.set_status(READY)
         except NoMatches:  # the app is closing while the reply ends

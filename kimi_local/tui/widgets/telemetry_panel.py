@@ -20,7 +20,7 @@ from kimi_local.tui.widgets.expert_heatmap import ExpertHeatmap
 
 SECTIONS = {
     "speed": ("prompt", "generate", "first token", "context", "requests"),
-    "cache": ("hit rate", "RAM tier", "GPU tier"),
+    "cache": ("hit rate", "RAM tier", "GPU tier", "prefetch recall"),
     "memory": ("process RSS", "free RAM", "GPU memory"),
 }
 TITLES = {"speed": "Speed", "cache": "Expert cache", "memory": "Memory"}
@@ -39,6 +39,7 @@ def telemetry_values(telemetry: Telemetry | None, meter: ReplyMeter | None) -> d
     values["hit rate"] = fmt_share(cache.hit_rate) if cache else NA
     values["RAM tier"] = fmt_bytes(cache.ram_bytes) if cache else NA
     values["GPU tier"] = fmt_bytes(cache.gpu_bytes) if cache else NA
+    values["prefetch recall"] = fmt_share(t.routing.prefetch_recall) if t.routing else NA
     values["process RSS"] = fmt_bytes(t.process_rss_bytes)
     values["free RAM"] = fmt_bytes(t.free_ram_bytes)
     if t.gpu_used_bytes is not None:
