@@ -78,7 +78,7 @@ def _user_turn(blocks: list[dict[str, Any]], where: str) -> list[dict[str, Any]]
             if not isinstance(tool_use_id, str) or not tool_use_id:
                 raise bad_request("a tool_result block needs its 'tool_use_id'", param=f"{at}.tool_use_id")
             out.append({"role": "tool", "tool_call_id": tool_use_id, "content": _result_text(block, at)})
-        elif kind in DROPPED_BLOCKS:
+        elif isinstance(kind, str) and kind in DROPPED_BLOCKS:
             continue
         else:
             raise bad_request(f"{kind!r} content blocks are not supported in user turns (text-only model)",
@@ -104,7 +104,7 @@ def _assistant_turn(blocks: list[dict[str, Any]], where: str) -> dict[str, Any]:
             if not isinstance(arguments, dict):
                 raise bad_request("tool_use input must be an object", param=f"{at}.input")
             calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
-        elif kind in DROPPED_BLOCKS:
+        elif isinstance(kind, str) and kind in DROPPED_BLOCKS:
             continue
         else:
             raise bad_request(f"{kind!r} content blocks are not supported in assistant turns", param=f"{at}.type")
