@@ -101,7 +101,8 @@ def normalize_messages(messages: Any) -> list[dict]:
         message = plain_data(message, where)
         if not isinstance(message, dict):
             raise ValueError(f"{where}: a message must be an object")
-        role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
+        role = message.get("role")
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role  # a list or dict is unhashable
         if role not in ROLES:
             raise ValueError(f"{where}.role: must be one of {', '.join(ROLES)}; got {message.get('role')!r}")
         message["role"] = role
