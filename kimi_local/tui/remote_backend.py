@@ -169,8 +169,12 @@ def telemetry_from_metrics(text: str, max_context: int | None = None) -> Telemet
             hit_rate = hits / (hits + misses)
 
     def resident(tier: str) -> float | None:
-        flat = single_value(m, f"kimi_expert_cache_{tier}_resident_bytes")
-        return flat if flat is not None else single_value(m, "kimi_expert_cache_resident_bytes", tier=tier)
+        for name, labels in ((f"kimi_expert_cache_{tier}_resident_bytes", {}), (f"kimi_expert_cache_{tier}_bytes", {}),
+                             ("kimi_expert_cache_resident_bytes", {"tier": tier})):
+            value = single_value(m, name, **labels)
+            if value is not None:
+                return value
+        return None
 
     ram, gpu = resident("ram"), resident("gpu")
     cache = None

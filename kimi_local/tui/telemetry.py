@@ -8,7 +8,8 @@ Expert-cache statistics are read from the expert backend when it exposes them: a
 method on the backend or on its `store`, returning a mapping or a dataclass with any of
 
     hits, misses                       -> hit rate (or a ready `hit_rate` in [0, 1])
-    ram_resident_bytes, gpu_resident_bytes   resident expert bytes per tier
+    ram_resident_bytes, gpu_resident_bytes   resident expert bytes per tier (`gpu_bytes` also read, as the
+                                             expert store's GPU tier names it)
     ram_budget_bytes, gpu_budget_bytes       the tiers' byte budgets
 
 or the per-tier form the server's metrics also read: {"ram": {"resident_bytes", "budget_bytes"}, "gpu": {...}}.
@@ -116,5 +117,8 @@ def read_cache_stats(experts: Any) -> CacheTelemetry | None:
             value = _number(nested, key)
         return None if value is None else int(value)
 
-    return CacheTelemetry(hit_rate, tier_value("ram", "resident_bytes"), tier_value("gpu", "resident_bytes"),
+    gpu_bytes = tier_value("gpu", "resident_bytes")
+    if gpu_bytes is None and _number(stats, "gpu_bytes") is not None:
+        gpu_bytes = int(_number(stats, "gpu_bytes"))
+    return CacheTelemetry(hit_rate, tier_value("ram", "resident_bytes"), gpu_bytes,
                           tier_value("ram", "budget_bytes"), tier_value("gpu", "budget_bytes"))

@@ -141,6 +141,13 @@ def test_telemetry_from_metrics():
     assert r.entropy_bits[1] == pytest.approx(1.0)
 
 
+def test_metrics_with_the_expert_stores_flat_gauges():
+    """The server writes each field of the store's snapshot as `kimi_expert_cache_<field>`."""
+    t = telemetry_from_metrics("kimi_expert_cache_hit_rate 0.5\nkimi_expert_cache_ram_resident_bytes 100\n"
+                               "kimi_expert_cache_gpu_bytes 7\n")
+    assert (t.cache.hit_rate, t.cache.ram_bytes, t.cache.gpu_bytes) == (0.5, 100, 7)
+
+
 def test_metrics_without_cache_or_routing():
     t = telemetry_from_metrics("kimi_requests_running 0\n")
     assert t.cache is None and t.routing is None and t.running_requests == 0

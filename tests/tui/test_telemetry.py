@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psutil
+import pytest
 
 from kimi_local.tui.reply_meter import ReplyMeter
 from kimi_local.tui.telemetry import CacheTelemetry, Telemetry, gpu_probe, memory_probe, read_cache_stats
@@ -57,6 +58,29 @@ def test_cache_stats_from_a_dataclass_a_mapping_or_a_store():
     assert read_cache_stats(WithStore(nested)) == CacheTelemetry(0.5, 11, 0, 20, None)
     assert read_cache_stats(object()) is None  # no cache: n/a
     assert read_cache_stats(Backend({"hits": 0, "misses": 0})) == CacheTelemetry()  # nothing looked up yet
+
+
+def test_cache_stats_of_the_real_expert_store(tiny_checkpoint):
+    """The expert store (kimi_local/cache) behind the model, at a budget that forces misses."""
+    from kimi_local.cache.backend import CachedExperts
+    from kimi_local.cache.reader import expert_slot_bytes
+    from kimi_local.cache.store import ExpertStore
+    from kimi_local.engine.engine import Engine
+    from kimi_local.engine.sampling import SamplingParams
+    from kimi_local.model.checkpoint import Checkpoint
+    from kimi_local.model.deepseek import KimiModel
+
+    ckpt = Checkpoint.open(tiny_checkpoint)
+    store = ExpertStore(ckpt, ram_budget_bytes=12 * expert_slot_bytes(ckpt), use_direct_io=False)
+    experts = CachedExperts(store)
+    engine = Engine(KimiModel.from_checkpoint(ckpt, experts), max_context=64)
+    list(engine.generate([3, 1, 4, 1, 5], SamplingParams(temperature=0, max_new_tokens=4)))
+    snap = store.snapshot()
+    got = read_cache_stats(experts)
+    assert snap["misses"] > 0 and got.hit_rate == pytest.approx(snap["hit_rate"]) and 0 < got.hit_rate < 1
+    assert got.ram_bytes == snap["ram_resident_bytes"] > 0
+    assert got.ram_budget_bytes == snap["ram_budget_bytes"]
+    assert got.gpu_bytes == snap["gpu_bytes"] == 0
 
 
 def test_a_failing_stats_method_is_not_fatal():
