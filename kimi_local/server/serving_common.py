@@ -15,18 +15,34 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from kimi_local.engine.sampling import SamplingParams
-from kimi_local.server.errors import bad_request, from_validation_error, parse_json_body
+from kimi_local.server.errors import ApiError, bad_request, from_validation_error, parse_json_body
 from kimi_local.text.tokenizer import KimiTokenizer
 
 DEFAULT_TEMPERATURE = 0.6  # Kimi-K2-Instruct's recommended temperature
 SEED_MASK = (1 << 63) - 1
+MAX_BODY_BYTES = 16 << 20  # a 128K-token prompt is ~0.5 MB of text, ~3 MB JSON-escaped at worst
 
 M = TypeVar("M", bound=BaseModel)
 
 
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, or a 413 as soon as it is known to exceed `limit` (declared or as it arrives): a huge
+    body would otherwise be held, parsed and tokenized whole (a 128 MB one took 2.5 GB of RSS)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the request body has {int(declared)} bytes; the limit is {limit}", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the request body exceeds the limit of {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_request(request: Request, model: type[M]) -> M:
     """The body parsed as JSON and validated into `model`; every problem is a 400 naming the field."""
-    body = parse_json_body(await request.body())
+    body = parse_json_body(await read_body(request))
     try:
         return model.model_validate(body)
     except ValidationError as exc:
