@@ -98,7 +98,8 @@ class ExpertStore:
         self.num_experts = c.n_routed_experts
         self.top_k = c.num_experts_per_tok
         self.slot_bytes = expert_slot_bytes(checkpoint)
-        num_slots = int(ram_budget_bytes) // self.slot_bytes
+        all_experts = len(c.moe_layer_ids) * self.num_experts
+        num_slots = min(int(ram_budget_bytes) // self.slot_bytes, all_experts)  # more slots could never be used
         if num_slots < 1:
             raise StoreError(f"RAM expert-cache budget of {ram_budget_bytes} bytes holds no expert: one needs "
                              f"{self.slot_bytes} bytes")

@@ -15,6 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     benches = p.add_subparsers(dest="bench", metavar="BENCH")
     register_kernels(benches)
     register_cache(benches)
+    register_store(benches)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -80,4 +81,62 @@ def run_cache(args: argparse.Namespace) -> int:
         print(json.dumps({name: result[name] for name in POLICY_KEYS}))
     else:
         print(format_cache_bench(result))
+    return 0
+
+
+# -- bench stream, bench decode -------------------------------------------------------------------------------
+
+
+def register_store(benches: argparse._SubParsersAction) -> None:
+    p = benches.add_parser(
+        "stream",
+        help="expert reads through the store vs the disk's O_DIRECT sequential read rate",
+        description="Read random routed experts through the expert store in decode-sized layer steps (all "
+        "misses) and compare the rate with the disk's O_DIRECT sequential read rate measured in the same run.",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (e.g. a k2-slice)")
+    p.add_argument("--steps", type=int, default=8, help="layer steps of k experts to read (default 8)")
+    p.add_argument("--io-threads", type=int, default=4, help="reads in flight (default 4)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_stream)
+
+    p = benches.add_parser(
+        "decode",
+        help="decode tokens/s from a RAM expert cache smaller than the experts, against the bandwidth floor",
+        description="Decode on a checkpoint whose routed experts do not fit --ram-cache-gb; report tokens/s, hit "
+        "rate, disk bytes per token, RSS and the floor (the same bytes at the RAM and disk read rates measured "
+        "in the same run).",
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (e.g. a k2-slice)")
+    p.add_argument("--ram-cache-gb", type=float, required=True, metavar="G", help="RAM expert-cache budget, GiB")
+    p.add_argument("--tokens", type=int, default=16, help="decoded tokens to time (default 16)")
+    p.add_argument("--threads", type=int, default=0, help="CPU expert threads (default: physical cores)")
+    p.add_argument("--io-threads", type=int, default=4, help="reads in flight (default 4)")
+    p.add_argument("--kernel", choices=("numba", "torch"), default="numba", help="expert kernel (default numba)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_decode)
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from kimi_local.cache.bench_decode import bench_stream
+
+    _print(bench_stream(args.model, num_steps=args.steps, num_io_threads=args.io_threads), args.json)
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    from kimi_local.cache.bench_decode import bench_decode
+
+    _print(bench_decode(args.model, args.ram_cache_gb, num_tokens=args.tokens, num_threads=args.threads or None,
+                        num_io_threads=args.io_threads, kernel=args.kernel), args.json)
     return 0
