@@ -64,14 +64,36 @@ def from_validation_error(exc: ValidationError) -> ApiError:
     return ApiError(400, message, param=loc or None, code="invalid_value" if first.get("type") != "missing" else None)
 
 
+MAX_JSON_DEPTH = 100  # deeper bodies broke recursion (json, pydantic, templates) into 500s; real ones are < 20
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` deep (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
     if not raw:
         raise bad_request("the request body is empty; expected a JSON object", code="invalid_json")
+    too_deep = f"the request body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise bad_request(too_deep, code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
+    if json_depth_exceeds(body, MAX_JSON_DEPTH):
+        raise bad_request(too_deep, code="invalid_json")
     return body
