@@ -9,6 +9,7 @@ Messages name the offending field or limit, never a file path or a traceback.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -65,35 +66,43 @@ def from_validation_error(exc: ValidationError) -> ApiError:
 
 
 MAX_JSON_DEPTH = 100  # deeper bodies broke recursion (json, pydantic, templates) into 500s; real ones are < 20
+_SURROGATE = re.compile("[\ud800-\udfff]")  # json.loads joins valid pairs, so any left is unpaired
 
 
-def json_depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether objects and arrays nest more than `limit` deep (iterative: no recursion on hostile input)."""
+def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a parsed body is refused, or None: objects and arrays nested more than `max_depth` deep, or a string
+    with an unpaired UTF-16 surrogate (`"\\ud800"`: not Unicode; it cannot be encoded or sent back). Iterative,
+    so hostile input cannot recurse."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return "a string in the request body contains an unpaired UTF-16 surrogate (not valid Unicode)"
+            continue
+        children = [*item, *item.values()] if isinstance(item, dict) else item if isinstance(item, list) else None
         if children is None:
             continue
-        if depth > limit:
-            return True
+        if depth > max_depth:
+            return f"the request body nests objects and arrays more than {max_depth} levels deep"
         stack.extend((child, depth + 1) for child in children)
-    return False
+    return None
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or a 400 saying what is wrong with it."""
     if not raw:
         raise bad_request("the request body is empty; expected a JSON object", code="invalid_json")
-    too_deep = f"the request body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep"
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # bad JSON, bad UTF-8, an integer of more than 4300 digits
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
-        raise bad_request(too_deep, code="invalid_json") from None
+        raise bad_request(f"the request body nests objects and arrays more than {MAX_JSON_DEPTH} levels deep",
+                          code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request(f"the request body must be a JSON object, got {type(body).__name__}", code="invalid_json")
-    if json_depth_exceeds(body, MAX_JSON_DEPTH):
-        raise bad_request(too_deep, code="invalid_json")
+    problem = json_problem(body)
+    if problem is not None:
+        raise bad_request(problem, code="invalid_json")
     return body
