@@ -26,7 +26,6 @@ policy; where LRU is better it converges to LRU.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import OrderedDict, deque
 

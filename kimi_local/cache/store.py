@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -38,6 +38,7 @@ from kimi_local.cache.reader import (
     ExpertPlan, ExpertReadError, ShardFiles, expert_slot_bytes, expert_views, plan_expert, read_expert,
 )
 from kimi_local.cache.slots import SlotArena
+from kimi_local.cache.stats import StoreCounters
 from kimi_local.model.checkpoint import Checkpoint
 from kimi_local.model.experts import ExpertWeights
 
@@ -57,25 +58,6 @@ class _Entry:
     weights: ExpertWeights | None = None  # set once the read is done
     failed: bool = False
     prefetched: bool = False  # read by prefetch and not looked up since
-
-
-@dataclass
-class _Counters:
-    lookups: int = 0
-    hits: int = 0  # ready in RAM when asked for
-    prefetch_hits: int = 0  # ... because a prefetch read it
-    misses: int = 0  # read on demand
-    inflight_waits: int = 0  # a prefetch read was still running when asked for
-    evictions: int = 0
-    read_errors: int = 0
-    bytes_read: int = 0
-    read_seconds: float = 0.0  # summed over I/O threads
-    stall_seconds: float = 0.0  # time acquire() waited for reads
-    prefetch_reads: int = 0
-    prefetch_unused: int = 0  # prefetch reads whose layer step did not use them
-    predicted: int = 0  # experts looked up in layer steps that had a prediction
-    predicted_hits: int = 0  # ... that the prediction contained
-    extra: dict = field(default_factory=dict)
 
 
 class ExpertStore:
@@ -122,7 +104,7 @@ class ExpertStore:
         self._implicit: tuple[int, dict[int, ExpertWeights]] = (-1, {})  # get_expert's lease: layer, weights
         self._pinned: list[int] = []
         self._num_leased = 0  # entries with leases > 0: slots that cannot be evicted now
-        self.counters = _Counters()
+        self.counters = StoreCounters()
         self.payload_bytes = 0  # one expert's tensor bytes (set by the first plan)
         self.profile_path = Path(profile_path) if profile_path else None
         first_moe = c.moe_layer_ids[0] if c.moe_layer_ids else 0
@@ -252,21 +234,11 @@ class ExpertStore:
 
     # -- statistics, profile -------------------------------------------------------------------------------
     def snapshot(self) -> dict:
+        """Counters and tier occupancy as one flat dict (TUI, metrics, benchmarks); see `stats.py`."""
         with self._lock:
-            c = self.counters
             resident = sum(1 for e in self._entries.values() if e.weights is not None)
-            hidden = c.prefetch_hits
-            exposed = c.misses + c.inflight_waits
             return {
-                "lookups": c.lookups, "hits": c.hits, "misses": c.misses, "hit_rate": c.hits / max(c.lookups, 1),
-                "prefetch_hits": c.prefetch_hits, "inflight_waits": c.inflight_waits,
-                "prefetch_reads": c.prefetch_reads, "prefetch_unused": c.prefetch_unused,
-                "prefetch_recall": c.predicted_hits / c.predicted if c.predicted else None,
-                "prefetch_extra_bytes": c.prefetch_unused * self.payload_bytes,
-                "stall_seconds": c.stall_seconds,
-                "stall_fraction": exposed / (exposed + hidden) if exposed + hidden else None,
-                "bytes_read": c.bytes_read, "read_seconds": c.read_seconds, "evictions": c.evictions,
-                "read_errors": c.read_errors,
+                **self.counters.summary(self.payload_bytes),
                 "ram_budget_bytes": self.ram_budget_bytes, "ram_slots": self.arena.num_slots,
                 "ram_resident_experts": resident, "ram_resident_bytes": resident * self.payload_bytes,
                 "ram_arena_bytes": self.arena.nbytes, "pinned_experts": len(self._pinned),

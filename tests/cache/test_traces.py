@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kimi_local.cache.traces import (
-    DECODE, PADDING, PREFILL, RoutingTrace, TraceError, TraceSpec, load_trace, save_trace, synthesize_trace,
+    DECODE, PADDING, PREFILL, TraceError, TraceSpec, load_trace, save_trace, synthesize_trace,
     trace_stats,
 )
 

@@ -1,0 +1,49 @@
+"""What the expert store counts, and the derived figures the TUI, the metrics and the benchmarks show.
+
+- hit: the expert was ready in RAM when a layer step asked for it (`prefetch_hits`: because a prefetch read
+  it ahead); miss: it was read on demand, and the step waited; inflight wait: a prefetch had started the read
+  but it had not finished, and the step waited for the rest.
+- stall_fraction: of the reads a layer step needed (misses, inflight waits, prefetch hits), the share it had to
+  wait for: 0 when prefetch hides every read.
+- prefetch_recall: of the experts looked up in layer steps that had a prediction, the share predicted.
+- prefetch_extra_bytes: bytes read by prefetches their layer step did not use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class StoreCounters:
+    lookups: int = 0
+    hits: int = 0
+    prefetch_hits: int = 0
+    misses: int = 0
+    inflight_waits: int = 0
+    evictions: int = 0
+    read_errors: int = 0
+    bytes_read: int = 0
+    read_seconds: float = 0.0  # summed over I/O threads
+    stall_seconds: float = 0.0  # time acquire() waited for reads
+    prefetch_reads: int = 0
+    prefetch_unused: int = 0
+    predicted: int = 0
+    predicted_hits: int = 0
+
+    def summary(self, expert_bytes: int) -> dict:
+        hidden = self.prefetch_hits
+        exposed = self.misses + self.inflight_waits
+        return {
+            "lookups": self.lookups, "hits": self.hits, "misses": self.misses,
+            "hit_rate": self.hits / max(self.lookups, 1),
+            "prefetch_hits": self.prefetch_hits, "inflight_waits": self.inflight_waits,
+            "prefetch_reads": self.prefetch_reads, "prefetch_unused": self.prefetch_unused,
+            "prefetch_recall": self.predicted_hits / self.predicted if self.predicted else None,
+            "prefetch_extra_bytes": self.prefetch_unused * expert_bytes,
+            "stall_seconds": self.stall_seconds,
+            "stall_fraction": exposed / (exposed + hidden) if exposed + hidden else None,
+            "bytes_read": self.bytes_read, "read_seconds": self.read_seconds,
+            "read_gb_s": self.bytes_read / self.read_seconds / 1e9 if self.read_seconds else None,
+            "evictions": self.evictions, "read_errors": self.read_errors,
+        }
