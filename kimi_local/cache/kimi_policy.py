@@ -64,13 +64,19 @@ class ScorePolicy(HeapPolicy):
         self._recent: deque[tuple[int, int]] = deque()  # (clock at access, key), oldest first
 
     def _record(self, key: int, weight: float) -> None:
-        self.clock += 1
-        a = math.log2(weight) + self.clock / self.half_life if weight > 0 else -math.inf
+        clock = self.clock = self.clock + 1
+        a = clock / self.half_life
+        if weight != 1.0:
+            a = a + math.log2(weight) if weight > 0 else -math.inf
         s = self.log_count[key]
-        hi, lo = (s, a) if s >= a else (a, s)
-        self.log_count[key] = hi + math.log2(1.0 + 2.0 ** (lo - hi)) if lo > -math.inf else hi
-        self.last_access[key] = self.clock
-        self._recent.append((self.clock, key))
+        if s == -math.inf:  # log2(2^s + 2^a), without overflow
+            self.log_count[key] = a
+        elif s >= a:
+            self.log_count[key] = s + math.log2(1.0 + 2.0 ** (a - s))
+        else:
+            self.log_count[key] = a + math.log2(1.0 + 2.0 ** (s - a))
+        self.last_access[key] = clock
+        self._recent.append((clock, key))
 
     def _priority(self, key: int) -> float:
         if self.clock - self.last_access[key] <= self.recent_window:
@@ -184,7 +190,7 @@ class KimiPolicy(EvictionPolicy):
 
     # The score policy sees the same residency and pins as this policy, so it can order the real cache.
     def _on_access(self, key, weight, evictable):
-        self.score.access(key, weight)
+        self.score._on_access(key, weight, evictable)  # same residency and pins as ours, key checked
         if evictable:
             self._lru.move_to_end(key)
         if self.shadows and _sampled(key, self._sample_every):

@@ -37,6 +37,7 @@ class AccessStream:
     weights: np.ndarray  # float32 [n]: tokens that chose the expert in this access (1 for decode)
     group_starts: np.ndarray  # int64 [g + 1]: group j is keys[group_starts[j]:group_starts[j + 1]]
     group_phase: np.ndarray  # uint8 [g]
+    group_seq: np.ndarray  # int32 [g]: the sequence each group belongs to
     num_layers: int
     num_experts: int
     num_tokens: int
@@ -56,7 +57,9 @@ def access_stream(trace: RoutingTrace, prefill_chunk: int = 512) -> AccessStream
     weights: list[np.ndarray] = []
     sizes: list[np.ndarray] = []
     phases: list[np.ndarray] = []
+    seqs: list[np.ndarray] = []
     for s in range(trace.num_seqs):
+        num_groups = len(sizes)
         prefill_ids = np.flatnonzero(trace.phase[s] == PREFILL)
         for start in range(0, prefill_ids.size, prefill_chunk):
             chunk = trace.experts[s, prefill_ids[start : start + prefill_chunk]]  # [c, L, k]
@@ -72,12 +75,14 @@ def access_stream(trace: RoutingTrace, prefill_chunk: int = 512) -> AccessStream
             weights.append(np.ones(decode.size, dtype=np.float32))
             sizes.append(np.full(decode.shape[0] * num_layers, trace.top_k))
             phases.append(np.full(decode.shape[0] * num_layers, DECODE, dtype=np.uint8))
+        seqs += [np.full(a.size, s, dtype=np.int32) for a in sizes[num_groups:]]
     size_arr = np.concatenate(sizes)
     return AccessStream(
         keys=np.concatenate(keys),
         weights=np.concatenate(weights),
         group_starts=np.concatenate([[0], np.cumsum(size_arr)]).astype(np.int64),
         group_phase=np.concatenate(phases),
+        group_seq=np.concatenate(seqs),
         num_layers=num_layers,
         num_experts=num_experts,
         num_tokens=trace.num_tokens,

@@ -191,6 +191,12 @@ def _zipf(rng: np.random.Generator, shape: tuple[int, int], skew: float) -> np.n
 
 
 def synthesize_trace(spec: TraceSpec = TraceSpec()) -> RoutingTrace:
+    return synthesize_trace_with_probs(spec)[0]
+
+
+def synthesize_trace_with_probs(spec: TraceSpec = TraceSpec()) -> tuple[RoutingTrace, np.ndarray]:
+    """The trace and the generator's hidden state: each sequence's sampling weights, float64 [n_seq, L, E]
+    (before the recency boost). An oracle policy may use them to bound what any online policy can reach."""
     spec.validate()
     rng = np.random.default_rng(spec.seed)
     num_layers, num_experts, k = spec.num_layers, spec.num_experts, spec.top_k
@@ -208,9 +214,11 @@ def synthesize_trace(spec: TraceSpec = TraceSpec()) -> RoutingTrace:
     phase = np.full((spec.num_seqs, max_len), PADDING, dtype=np.uint8)
     log_boost = np.log(spec.locality_boost)
     layer_rows = np.arange(num_layers)[:, None]
+    probs = np.empty((spec.num_seqs, num_layers, num_experts))
     for s, (num_prefill, num_decode) in enumerate(lengths):
         topic = rng.choice(spec.num_topics, p=topic_p)
-        log_p = np.log(spec.topic_share * topics[topic] + (1.0 - spec.topic_share) * base)  # [L, E]
+        probs[s] = spec.topic_share * topics[topic] + (1.0 - spec.topic_share) * base
+        log_p = np.log(probs[s])  # [L, E]
         recent = np.zeros((num_layers, num_experts), dtype=np.int32)  # uses within the window
         for t in range(num_prefill + num_decode):
             # Gumbel top-k = k draws without replacement, each proportional to the boosted weight.
@@ -222,7 +230,7 @@ def synthesize_trace(spec: TraceSpec = TraceSpec()) -> RoutingTrace:
                 recent[layer_rows, experts[s, t - spec.locality_window]] -= 1
         phase[s, :num_prefill] = PREFILL
         phase[s, num_prefill : num_prefill + num_decode] = DECODE
-    return RoutingTrace(experts=experts, phase=phase, num_experts=num_experts)
+    return RoutingTrace(experts=experts, phase=phase, num_experts=num_experts), probs
 
 
 def trace_stats(trace: RoutingTrace) -> dict[str, float]:

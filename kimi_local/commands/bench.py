@@ -66,6 +66,9 @@ def register_cache(benches: argparse._SubParsersAction) -> None:
     p.add_argument("--prefill-chunk", type=int, default=512, metavar="N",
                    help="prompt tokens per prefill step; each touches a layer's union of experts once (default 512)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic trace (default 0)")
+    p.add_argument("--oracle", action="store_true",
+                   help="synthetic trace only: also replay the policy that knows the generator's probabilities "
+                   "(the online bound; slow), shown in the text output")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object {policy: {hit_rate, gap_closed, gb_per_token, ...}}")
     p.set_defaults(func=run_cache)
@@ -73,10 +76,18 @@ def register_cache(benches: argparse._SubParsersAction) -> None:
 
 def run_cache(args: argparse.Namespace) -> int:
     from kimi_local.cache.bench_cache import POLICY_KEYS, format_cache_bench, run_cache_bench
-    from kimi_local.cache.traces import TraceSpec, load_trace, synthesize_trace
+    from kimi_local.cache.traces import TraceSpec, load_trace, synthesize_trace_with_probs
 
-    trace = load_trace(args.trace) if args.trace else synthesize_trace(TraceSpec(seed=args.seed))
-    result = run_cache_bench(trace, args.cache_fraction, prefill_chunk=args.prefill_chunk)
+    oracle = None
+    if args.trace:
+        if args.oracle:
+            raise ValueError("--oracle needs the synthetic trace (its hidden probabilities); drop --trace")
+        trace = load_trace(args.trace)
+    else:
+        spec = TraceSpec(seed=args.seed)
+        trace, probs = synthesize_trace_with_probs(spec)
+        oracle = (probs, spec) if args.oracle else None
+    result = run_cache_bench(trace, args.cache_fraction, prefill_chunk=args.prefill_chunk, oracle=oracle)
     if args.json:
         print(json.dumps({name: result[name] for name in POLICY_KEYS}))
     else:

@@ -37,3 +37,15 @@ def test_bench_cache_command_json(tmp_path, capsys):
 def test_bench_cache_command_reports_a_bad_trace(tmp_path, capsys):
     assert main(["bench", "cache", "--trace", str(tmp_path / "nope.npz")]) == 1
     assert "nope.npz: no such trace file" in capsys.readouterr().err
+
+
+def test_the_oracle_bound_sits_between_lru_and_opt():
+    from kimi_local.cache.traces import TraceSpec, synthesize_trace_with_probs
+
+    spec = TraceSpec(num_layers=4, num_experts=64, top_k=4, num_seqs=4, prefill_tokens=32, decode_tokens=128)
+    trace, probs = synthesize_trace_with_probs(spec)
+    result = run_cache_bench(trace, 0.2, oracle=(probs, spec))
+    oracle = result["oracle_a0"]["hit_rate"]
+    assert result["lru"]["hit_rate"] < oracle <= result["opt"]["hit_rate"]
+    assert oracle >= result["kimi_local"]["hit_rate"] - 0.01  # knowing the probabilities beats estimating them
+    assert "online policy can expect" in format_cache_bench(result)
