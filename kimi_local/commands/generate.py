@@ -37,11 +37,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--stop-ids", type=_ids, default=None, metavar="ID,ID", help="stop when one of these is generated")
     p.add_argument("--json", action="store_true", help='print one JSON object {"token_ids": [...], ...}')
+    p.add_argument("--trace-out", metavar="FILE.npz", default=None,
+                   help="record the routing trace (expert ids per token and MoE layer, prefetch guesses, phase)")
     add_config_flags(p, ("engine", "cache"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from kimi_local.cache.traces import DECODE
     from kimi_local.engine.loader import load
     from kimi_local.engine.sampling import SamplingParams
 
@@ -58,13 +61,27 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         max_new_tokens=args.max_new_tokens, stop_ids=frozenset(args.stop_ids or ()),
     )
+    recorder = None
+    if args.trace_out:
+        from kimi_local.cache.recorder import TraceRecorder
+
+        c = loaded.model.config
+        recorder = TraceRecorder(c.moe_layer_ids, c.n_routed_experts, c.num_experts_per_tok)
+        loaded.model.routing_hooks.append(recorder)
     t0 = time.perf_counter()
     ids = []
-    for token in loaded.engine.generate(args.prompt_ids, params):
-        ids.append(token)
-        if not args.json:
-            print(token, end=" ", flush=True)
+    try:
+        for token in loaded.engine.generate(args.prompt_ids, params):
+            ids.append(token)
+            if recorder is not None:
+                recorder.phase = DECODE  # every later step decodes
+            if not args.json:
+                print(token, end=" ", flush=True)
+    finally:
+        loaded.close()
     seconds = time.perf_counter() - t0
+    if recorder is not None:
+        recorder.save(args.trace_out)
     if args.json:
         print(json.dumps({"token_ids": ids, "prompt_tokens": len(args.prompt_ids), "seconds": round(seconds, 4)}))
     else:

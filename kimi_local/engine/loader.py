@@ -18,8 +18,8 @@ from kimi_local.engine.engine import Engine
 from kimi_local.model.checkpoint import Checkpoint
 from kimi_local.model.deepseek import KimiModel
 from kimi_local.model.placement import plan_placement
-from kimi_local.model.experts import RoutedExperts, TorchReferenceExperts
-from kimi_local.sizing import resolve_gpu_memory_bytes, resolve_threads
+from kimi_local.model.experts import ExpertSource, RoutedExperts, TorchReferenceExperts
+from kimi_local.sizing import resolve_gpu_memory_bytes, resolve_ram_cache_bytes, resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,16 @@ def gpu_budget_bytes(config: Config, device: torch.device) -> int:
     return max(0, resolve_gpu_memory_bytes(config) - int(config.cache.gpu_gb * (1 << 30)))
 
 
-def make_experts(ckpt: Checkpoint, config: Config) -> RoutedExperts:
+def make_kernel(config: Config) -> Callable[[ExpertSource], RoutedExperts]:
+    """The CPU kernel backend that computes experts from whatever source the expert store hands it."""
     backend = config.engine.expert_backend
     if backend == "torch":
-        return TorchReferenceExperts(ckpt)
+        return TorchReferenceExperts
     if backend in ("auto", "numba"):
         from kimi_local.kernels.cpu_experts import NumbaExperts
 
-        return NumbaExperts(ckpt, num_threads=resolve_threads(config))
+        threads = resolve_threads(config)
+        return lambda source: NumbaExperts(source, num_threads=threads)
     raise ValueError(f"expert_backend '{backend}' is not one of auto, numba, torch")
 
 
@@ -67,25 +69,43 @@ class LoadedModel:
     checkpoint: Checkpoint
     model: KimiModel
     engine: Engine
-    experts: RoutedExperts
+    experts: RoutedExperts  # CachedExperts: the expert store plus the kernel
     path: Path
+
+    def close(self) -> None:
+        """Stops the expert store's I/O threads and saves its routing profile."""
+        store = getattr(self.experts, "store", None)
+        if store is not None:
+            store.close()
 
 
 def load(model_dir: str | Path, config: Config, progress: Callable[[int, int], None] | None = None) -> LoadedModel:
     """`progress(done, total)` is called as layers load."""
+    from kimi_local.cache.setup import build_cached_experts
+
     ckpt = Checkpoint.open(model_dir)
     device = resolve_device(config.engine.device)
     dtype = resolve_dtype(config.engine.dtype, device)
-    experts = make_experts(ckpt, config)
-    total = ckpt.config.num_hidden_layers
-    kv_tokens = config.engine.max_batch * config.engine.max_context
-    placement = plan_placement(ckpt.config, device, dtype, gpu_budget_bytes(config, device), kv_tokens)
-    log.info("placement: %s", placement.report())
-    model = KimiModel.from_checkpoint(
-        ckpt, experts, placement=placement,
-        progress=(lambda done: progress(done, total)) if progress else None,
-    )
+    gpu_tier = int(config.cache.gpu_gb * (1 << 30)) if device.type == "cuda" else 0
+    experts = build_cached_experts(ckpt, config, model_dir, resolve_ram_cache_bytes(config, ckpt),
+                                   make_kernel(config), gpu_cache_bytes=gpu_tier,
+                                   gpu_device=str(device) if gpu_tier else None)
+    try:
+        total = ckpt.config.num_hidden_layers
+        kv_tokens = config.engine.max_batch * config.engine.max_context
+        placement = plan_placement(ckpt.config, device, dtype, gpu_budget_bytes(config, device), kv_tokens)
+        log.info("placement: %s", placement.report())
+        model = KimiModel.from_checkpoint(
+            ckpt, experts, placement=placement,
+            progress=(lambda done: progress(done, total)) if progress else None,
+        )
+    except BaseException:
+        experts.store.close()
+        raise
+    # The resident weights are copies now and the store reads experts with pread: drop the checkpoint's maps so
+    # pages touched while loading do not count against the RAM budget.
+    ckpt.close()
     model.prefetch_enabled = config.cache.prefetch
     engine = Engine(model, config.engine.max_context, config.engine.max_batch, config.engine.prefill_chunk)
-    log.info("loaded %s on %s (%s), experts via %s", model_dir, device, dtype, type(experts).__name__)
+    log.info("loaded %s on %s (%s), experts via %s", model_dir, device, dtype, type(experts.kernel).__name__)
     return LoadedModel(ckpt, model, engine, experts, Path(model_dir))

@@ -45,7 +45,7 @@ def build_state(loaded, model_name: str, api_key: str = "", max_queue: int = 64)
     routing = RoutingStats.for_model(loaded.model)  # per-layer expert load and entropy for /metrics
     metrics = ServerMetrics(routing, expert_cache_snapshot(loaded.experts))
     service = EngineService(loaded.engine, max_queue=max_queue)
-    return ServerState(service, tokenizer, chat_format, model_name, api_key, metrics)
+    return ServerState(service, tokenizer, chat_format, model_name, api_key, metrics, on_close=loaded.close)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

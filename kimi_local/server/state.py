@@ -7,6 +7,7 @@ checkpoint, the name clients address the model by, the API key (empty: none requ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from kimi_local.engine.service import EngineService
 from kimi_local.server.metrics import ServerMetrics
@@ -22,14 +23,17 @@ class ServerState:
     model_name: str
     api_key: str = ""
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    on_close: Callable[[], None] | None = None  # e.g. the loaded model's: stop the expert store, save its profile
 
     @property
     def max_context(self) -> int:
         return self.service.engine.max_context
 
     def close(self) -> None:
-        """Stop the engine thread (after the HTTP server has stopped)."""
+        """Stop the engine thread (after the HTTP server has stopped), then whatever the model holds."""
         self.service.close()
+        if self.on_close is not None:
+            self.on_close()
 
     @property
     def stop_ids(self) -> frozenset[int]:

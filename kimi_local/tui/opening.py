@@ -40,7 +40,7 @@ def open_local(model: str | None, config: Config, max_queue: int | None = None) 
                            max_context=loaded.engine.max_context)
         log.info("chat backend ready: %s", model_dir)
         return LocalBackend(service, chat_format, info, routing, loaded.experts,
-                            on_close=lambda: routing.detach(loaded.model))
+                            on_close=lambda: (routing.detach(loaded.model), loaded.close()))
 
     return open_backend
 

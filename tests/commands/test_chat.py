@@ -33,7 +33,7 @@ def test_local_model_with_setting_flags(tiny_checkpoint, tmp_path, started):
     backend = app.open_backend(lambda *step: steps.append(step))  # what the loading thread would do
     try:
         assert backend.info.location == str(tiny_checkpoint)
-        assert backend.service.engine.model.experts.__class__.__name__ == "TorchReferenceExperts"
+        assert backend.service.engine.model.experts.kernel.__class__.__name__ == "TorchReferenceExperts"
         assert any(stage == "loading layers" for stage, _, _ in steps)
     finally:
         backend.close()

@@ -23,3 +23,18 @@ def test_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1
     assert err.strip().count("\n") == 0 and str(tmp_path / "missing") in err and "Traceback" not in err
+
+
+def test_trace_out_records_the_routing(tiny_checkpoint, tmp_path, capsys):
+    from kimi_local.cache.traces import DECODE, PREFILL, load_trace
+
+    trace_path = tmp_path / "trace.npz"
+    assert main(["generate", "--model", str(tiny_checkpoint), "--prompt-ids", "1,2,3,4", "--max-new-tokens", "6",
+                 "--temperature", "0", "--json", "--trace-out", str(trace_path)]) == 0
+    trace = load_trace(trace_path)
+    config = Checkpoint.open(tiny_checkpoint).config
+    # 4 prompt tokens + 5 decode steps (the 6th token is sampled from the 5th step's logits)
+    assert trace.experts.shape == (1, 9, len(config.moe_layer_ids), config.num_experts_per_tok)
+    assert list(trace.phase[0]) == [PREFILL] * 4 + [DECODE] * 5
+    assert ((trace.experts >= 0) & (trace.experts < config.n_routed_experts)).all()
+    assert trace.pred is not None and (trace.pred[0, :, 1:] >= 0).all()  # layers after the first MoE layer are predicted

@@ -86,7 +86,7 @@ def test_streamed_answer_and_telemetry(tiny_checkpoint, tiny_config, tmp_path):
             assert values["first token"] != "n/a"
             assert values["context"] == f"{meter.prompt_tokens + meter.generated_tokens} / 512"
             assert values["process RSS"].endswith("iB") and values["free RAM"].endswith("iB")
-            assert values["hit rate"] == "n/a"  # the torch reference experts have no cache
+            assert values["hit rate"].endswith("%")  # the expert store's hit rate
             routing = screen.telemetry.routing
             assert routing.routed_tokens == meter.prompt_tokens + meter.generated_tokens - 1
             text = screen_text(app)

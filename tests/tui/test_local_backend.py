@@ -125,4 +125,5 @@ def test_telemetry_reports_routing_and_memory(backend):
     assert t.routing.load.shape == (2, 16)  # tiny: layers 1 and 2 are MoE, 16 experts
     assert t.process_rss_bytes > 0 and t.free_ram_bytes > 0
     assert t.max_context == 512 and t.running_requests == 0
-    assert t.cache is None  # the torch reference experts have no cache: n/a
+    assert t.cache is not None and 0 <= t.cache.hit_rate <= 1  # from the expert store the loader builds
+    assert 0 < t.cache.ram_bytes <= t.cache.ram_budget_bytes
