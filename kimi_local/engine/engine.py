@@ -176,10 +176,28 @@ class Engine:
                 outputs += self._decode_step(list(self._running))
         except Exception as exc:  # a failing step fails its requests, never the engine
             log.exception("engine step failed")
+            if prefilling is None and len(self._running) > 1:
+                return outputs + self._decode_alone(list(self._running))
             victims = [prefilling] if prefilling is not None else list(self._running)
             for request in victims:
-                self._finish(request, "error", f"{type(exc).__name__}: {exc}")
-                outputs.append(StepOutput(request.request_id, None, None, "error", request.error))
+                outputs.append(self._fail(request, exc))
+        return outputs
+
+    def _fail(self, request: Request, exc: Exception) -> StepOutput:
+        self._finish(request, "error", f"{type(exc).__name__}: {exc}")
+        return StepOutput(request.request_id, None, None, "error", request.error)
+
+    def _decode_alone(self, requests: list[Request]) -> list[StepOutput]:
+        """After a failed decode batch, each request decodes alone: a fault (an expert that cannot be read, a
+        transient I/O error) fails only the requests that still meet it. A failed pass leaves nothing a retry
+        does not overwrite (the KV rows of the same positions)."""
+        outputs = []
+        for request in requests:
+            try:
+                outputs += self._decode_step([request])
+            except Exception as exc:
+                log.exception("decode of request %d failed", request.request_id)
+                outputs.append(self._fail(request, exc))
         return outputs
 
     def _prefill_step(self, request: Request) -> list[StepOutput]:
