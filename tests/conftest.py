@@ -3,6 +3,9 @@ with two OpenMP threads stalls when the other core is busy)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -10,6 +13,12 @@ from kimi_local.model.presets import PRESET_SHARDS, PRESETS
 from kimi_local.model.writer import write_checkpoint
 
 torch.set_num_threads(1)
+
+# Hermetic user directories: routing profiles, saved conversations, the demo checkpoint and config files that
+# tests create go to a throw-away home, never the developer's (subprocesses inherit these).
+_HOME = tempfile.mkdtemp(prefix="kimi-local-tests-")
+for _var, _sub in (("XDG_CACHE_HOME", "cache"), ("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config")):
+    os.environ[_var] = os.path.join(_HOME, _sub)
 
 
 @pytest.fixture(scope="session")
