@@ -1,8 +1,9 @@
 """Real servers on a checkpoint for the reliability suite and `benchmarks/reliability.py`.
 
-Everything is the production code path: the checkpoint loaded by `engine.loader.load` (or, with a RAM budget,
-the model over the expert store: `CachedExperts(ExpertStore)`, the way the loader will wire it), the engine
-service, the FastAPI app, uvicorn on a loopback port chosen by the kernel. Only the sizes are small.
+Everything is the production code path: `engine.loader.load` (the model over the expert store, with the auto
+RAM budget or one of a few slots so that misses stream from the shards), the engine service, the FastAPI app,
+uvicorn on a loopback port chosen by the kernel. Only the sizes are small, and the routing profile is off so
+tests never write into the user's cache directory.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from kimi_local.cache.backend import CachedExperts
 from kimi_local.cache.reader import expert_slot_bytes
 from kimi_local.cache.store import ExpertStore
-from kimi_local.config import Config, EngineSection
+from kimi_local.config import CacheSection, Config, EngineSection
 from kimi_local.engine.engine import Engine
 from kimi_local.engine.loader import LoadedModel, load
 from kimi_local.model.checkpoint import Checkpoint
-from kimi_local.model.deepseek import KimiModel
+from kimi_local.sizing import GiB
 from kimi_local.server.app import create_app
 from kimi_local.server.runner import ServerThread, build_state
 from kimi_local.server.state import ServerState
@@ -29,29 +29,32 @@ MODEL_NAME = "kimi-tiny"
 
 @dataclass(frozen=True)
 class Sizes:
-    max_context: int = 256
+    max_context: int = 128
     max_batch: int = 4
     max_queue: int = 16
     prefill_chunk: int = 64
 
 
+def config_for(sizes: Sizes, ram_bytes: int = 0, profile: bool = False) -> Config:
+    """Torch expert kernels (no JIT wait); `ram_bytes` 0: the auto RAM budget (every expert of a tiny model)."""
+    engine = EngineSection(expert_backend="torch", max_context=sizes.max_context, max_batch=sizes.max_batch,
+                           prefill_chunk=sizes.prefill_chunk)
+    return Config(engine=engine, cache=CacheSection(ram_gb=ram_bytes / GiB, profile=profile))
+
+
 def load_plain(model_dir: Path, sizes: Sizes) -> LoadedModel:
-    """The loader's own path with the torch expert backend (fast to start, no JIT)."""
-    config = Config(engine=EngineSection(expert_backend="torch", max_context=sizes.max_context,
-                                         max_batch=sizes.max_batch, prefill_chunk=sizes.prefill_chunk))
-    return load(model_dir, config)
+    """The loader's own path: the expert store with the auto budget, no routing profile written."""
+    return load(model_dir, config_for(sizes))
 
 
-def load_cached(model_dir: Path, sizes: Sizes, num_slots: int, num_io_threads: int = 2,
-                profile_path: Path | None = None) -> LoadedModel:
-    """The model over an expert store of `num_slots` RAM slots (misses stream from the shards)."""
-    ckpt = Checkpoint.open(model_dir)
-    store = ExpertStore(ckpt, num_slots * expert_slot_bytes(ckpt), num_io_threads=num_io_threads,
-                        profile_path=profile_path)
-    experts = CachedExperts(store)
-    model = KimiModel.from_checkpoint(ckpt, experts)
-    engine = Engine(model, sizes.max_context, sizes.max_batch, sizes.prefill_chunk)
-    return LoadedModel(ckpt, model, engine, experts, Path(model_dir))
+def load_cached(model_dir: Path, sizes: Sizes, num_slots: int, prefetch: bool = True) -> LoadedModel:
+    """The loader's path with a RAM budget of `num_slots` expert slots, so misses stream from the shards."""
+    with Checkpoint.open(model_dir) as ckpt:
+        slot = expert_slot_bytes(ckpt)
+    loaded = load(model_dir, config_for(sizes, ram_bytes=num_slots * slot + slot // 2))
+    loaded.model.prefetch_enabled = prefetch
+    assert loaded.experts.store.arena.num_slots == num_slots
+    return loaded
 
 
 @dataclass
@@ -79,6 +82,4 @@ def serve(loaded: LoadedModel, max_queue: int = 16, api_key: str = "", host: str
     finally:
         thread.stop()
         state.close()
-        store = getattr(loaded.experts, "store", None)
-        if store is not None:
-            store.close()
+        loaded.close()

@@ -119,13 +119,16 @@ class _Client:
     def _limit(self) -> int:
         return self.rng.choice([1, 4, 8, 16, 24]) if self.rng.random() < 0.9 else 96  # sometimes a long reply
 
+    def _words(self) -> int:
+        return self.rng.randint(1, max(2, self.max_context // 8))  # prompts that fit the context
+
     def _chat_body(self, stream: bool) -> dict:
-        return {"messages": [{"role": "user", "content": _prompt(self.rng, self.rng.randint(1, 30))}],
+        return {"messages": [{"role": "user", "content": _prompt(self.rng, self._words())}],
                 "max_tokens": self._limit(), "temperature": self.rng.choice([0.0, 0.6, 1.0]), "stream": stream,
                 "n": 2 if self.rng.random() < 0.1 else 1, "seed": self.rng.randrange(1 << 30)}
 
     def _messages_body(self, stream: bool) -> dict:
-        return {"model": "m", "messages": [{"role": "user", "content": _prompt(self.rng, self.rng.randint(1, 30))}],
+        return {"model": "m", "messages": [{"role": "user", "content": _prompt(self.rng, self._words())}],
                 "max_tokens": self._limit(), "stream": stream}
 
     async def one(self, kind: str) -> tuple[str, str | None]:
@@ -137,7 +140,7 @@ class _Client:
             r = await self.http.post("/v1/messages", json=self._messages_body(False))
             return self._json_reply(r, lambda b: b["type"] == "message" and b["stop_reason"])
         if kind == "completion":
-            body = {"prompt": _prompt(self.rng, self.rng.randint(1, 20)), "max_tokens": self._limit()}
+            body = {"prompt": _prompt(self.rng, self._words()), "max_tokens": self._limit()}
             r = await self.http.post("/v1/completions", json=body)
             return self._json_reply(r, lambda b: b["choices"][0]["finish_reason"] in ("stop", "length"))
         if kind == "oversized":
@@ -155,7 +158,7 @@ class _Client:
             body["max_tokens"] = 64
             async with self.http.stream("POST", "/v1/chat/completions", json=body) as r:
                 if r.status_code != 200:
-                    return self._status(r.status_code)
+                    return self._status(r.status_code, (await r.aread()).decode(errors="replace"))
                 if self.rng.random() < 0.5:
                     async for _ in _sse_frames(r):
                         break  # walk away after the first chunk
@@ -164,14 +167,20 @@ class _Client:
             return "cancelled", None
         raise ValueError(kind)
 
-    def _status(self, status: int) -> tuple[str, str | None]:
+    def _status(self, status: int, body: str) -> tuple[str, str | None]:
+        """busy for a 429; else an error keyed by status and the error's code or type (bounded key set)."""
         if status == 429:
             return "busy", None
-        return "error", f"status {status}"
+        try:
+            error = json.loads(body)["error"]
+            what = error.get("code") or error.get("type")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            what = "no error body"
+        return "error", f"status {status} {what}"
 
     def _json_reply(self, r: httpx.Response, complete) -> tuple[str, str | None]:
         if r.status_code != 200:
-            return self._status(r.status_code)
+            return self._status(r.status_code, r.text)
         try:
             ok = complete(r.json())
         except (ValueError, KeyError, IndexError, TypeError) as exc:
@@ -181,8 +190,7 @@ class _Client:
     async def _stream(self, path: str, body: dict, last: str) -> tuple[str, str | None]:
         async with self.http.stream("POST", path, json=body) as r:
             if r.status_code != 200:
-                await r.aread()
-                return self._status(r.status_code)
+                return self._status(r.status_code, (await r.aread()).decode(errors="replace"))
             final = None
             async for data in _sse_frames(r):
                 if data == "[DONE]":
