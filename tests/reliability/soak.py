@@ -148,7 +148,9 @@ class _Client:
             r = await self.http.post("/v1/chat/completions", json=body)
             if r.status_code == 400 and r.json()["error"].get("code") == "context_length_exceeded":
                 return "refused", None
-            return "error", f"status {r.status_code} for an oversized prompt"
+            if r.status_code == 200:
+                return "error", "an oversized prompt was accepted"
+            return self._status(r.status_code, r.text)  # 429: the queue is checked first
         if kind == "chat_stream":
             return await self._stream("/v1/chat/completions", self._chat_body(True), "[DONE]")
         if kind == "messages_stream":
