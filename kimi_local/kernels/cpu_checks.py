@@ -2,8 +2,8 @@
 
 The kernels read weights exactly as the checkpoint reader hands them out: C-contiguous uint8 views, often
 read-only views of an mmap. Numba compiles one machine-code variant per array type and read-only is part of
-the type, so every weight array is passed as a read-only view (no copy), whatever it came as: one compiled
-variant serves mmap views, cache buffers and test arrays alike, and all arrays fit in one typed list.
+the type, so the single-matrix kernels get every weight as a read-only view (no copy), whatever it came as:
+one compiled variant serves mmap views, cache buffers and test arrays alike.
 """
 
 from __future__ import annotations
@@ -20,8 +20,14 @@ def readonly(array: np.ndarray) -> np.ndarray:
 
 
 def check_fp8_weight(name: str, codes: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Validate uint8 e4m3 codes `[N, K]` and their float32 ceil-grid scales; return both as read-only views
-    (scales are copied only if misaligned or strided: a few KiB)."""
+    """`check_fp8_arrays`, then both as read-only views."""
+    codes, scales = check_fp8_arrays(name, codes, scales)
+    return readonly(codes), readonly(scales)
+
+
+def check_fp8_arrays(name: str, codes: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate uint8 e4m3 codes `[N, K]` (C order, never copied) and their float32 ceil-grid scales (copied
+    only if misaligned or strided: a few KiB)."""
     if not isinstance(codes, np.ndarray) or not isinstance(scales, np.ndarray):
         raise TypeError(f"{name}: codes and scales must be numpy arrays, got {type(codes).__name__} and "
                         f"{type(scales).__name__}")
@@ -39,7 +45,7 @@ def check_fp8_weight(name: str, codes: np.ndarray, scales: np.ndarray) -> tuple[
         raise ValueError(f"{name}: scale grid {scales.shape} does not fit codes {codes.shape}: expected {expected}")
     if not (scales.flags.c_contiguous and scales.flags.aligned):
         scales = scales.copy()
-    return readonly(codes), readonly(scales)
+    return codes, scales
 
 
 def check_activations(name: str, x: np.ndarray, width: int, ndim: int) -> np.ndarray:

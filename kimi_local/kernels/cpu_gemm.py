@@ -22,7 +22,9 @@ from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_simd import HALF_BIAS_SHIFT, LANES, TILE_ROWS, e4m3_half_bits, f32_tile, half_to_float
+from kimi_local.kernels.cpu_simd import (
+    DOT_STEP, HALF_BIAS_SHIFT, LANES, TILE_ROWS, e4m3_decode, e4m3_half_bits, f32_tile, half_to_float,
+)
 from kimi_local.model.fp8 import BLOCK, dequantize
 
 ROWS_PER_TASK = 2 * TILE_ROWS
@@ -35,27 +37,27 @@ def round_up(n: int, multiple: int) -> int:
 
 @jit
 def decode_tile(codes, scales, r0, r1, k0, klen, tile):
-    """tile[j, i] = W[r0 + j, k0 + i] for i < klen; zero where r0 + j >= r1 or k0 + i >= K."""
+    """tile[j, i] = W[r0 + j, k0 + i] for i < klen; zero where r0 + j >= r1 or k0 + i >= K.
+    (Indices, not row views: this runs once per row and K chunk, so per-call overhead counts.)"""
     num_cols = codes.shape[1]
     k_end = min(num_cols, k0 + klen)
     for j in range(tile.shape[0]):
-        out = tile[j]
-        if r0 + j >= r1:
-            out[:klen] = 0.0
+        r = r0 + j
+        if r >= r1:
+            tile[j, :klen] = 0.0
             continue
-        row = codes[r0 + j]
-        scale_row = scales[(r0 + j) // BLOCK]
         k = k0
         while k < k_end:
             block = k // BLOCK
             stop = min(k_end, (block + 1) * BLOCK)
-            s = scale_row[block] * np.float32(HALF_BIAS_SHIFT)
-            src = row[k:stop]
-            dst = out[k - k0 : stop - k0]
-            for i in range(src.size):
-                dst[i] = half_to_float(e4m3_half_bits(src[i])) * s
+            s = scales[r // BLOCK, block] * np.float32(HALF_BIAS_SHIFT)
+            main = (stop - k) // DOT_STEP * DOT_STEP
+            e4m3_decode(codes, r, k, main, s, tile, j, k - k0)
+            for i in range(k + main, stop):
+                tile[j, i - k0] = half_to_float(e4m3_half_bits(codes[r, i])) * s
             k = stop
-        out[k_end - k0 : klen] = 0.0
+        for i in range(k_end - k0, klen):
+            tile[j, i] = 0.0
 
 
 @jit

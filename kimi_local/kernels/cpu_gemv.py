@@ -5,7 +5,8 @@
 The block scale moves onto the activation. Rows inside one 128-row scale block share a scale row, so for a
 run of such rows the kernel builds `xs[k] = x[k] * S[rb, k // 128] * 256` once (K multiplies, the 256 undoes
 the half-precision decode's 2^-8, see `cpu_simd`) and every row becomes a plain dot product of its decoded
-codes with `xs`: `e4m3_dot2` takes two rows per pass over `xs`, decodes in registers and prefetches ahead.
+codes with `xs`: `e4m3_dot_2xT` takes two rows per pass, decodes in registers (once for up to 4 tokens) and
+prefetches ahead.
 The weight bytes are read once, in address order, and never written anywhere. The last `K % 32` columns of
 each row go through the scalar form of the same decode.
 
@@ -19,7 +20,10 @@ from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_simd import DOT_STEP, HALF_BIAS_SHIFT, e4m3_dot1, e4m3_dot2, e4m3_half_bits, half_to_float
+from kimi_local.kernels.cpu_simd import (
+    DOT_STEP, DOT_TOKENS, HALF_BIAS_SHIFT, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3, e4m3_dot_2x4,
+    e4m3_half_bits, half_to_float,
+)
 from kimi_local.model.fp8 import BLOCK, dequantize
 
 ROWS_PER_TASK = 64
@@ -40,24 +44,32 @@ def scale_activation(x, scale_row, xs):
 
 
 @jit
-def e4m3_dot_tail(code_row, xs, start):
-    """The columns `start:` of one row's dot product, one code at a time."""
-    codes = code_row[start:]
-    xt = xs[start : code_row.size]
+def e4m3_dot_tail(codes, row, xs, xs_row, start):
+    """Columns `start:` of row `row`'s dot product with xs[xs_row], one code at a time."""
     acc = np.float32(0.0)
-    for i in range(codes.size):
-        acc += half_to_float(e4m3_half_bits(codes[i])) * xt[i]
+    for k in range(start, codes.shape[1]):
+        acc += half_to_float(e4m3_half_bits(codes[row, k])) * xs[xs_row, k]
     return acc
+
+
+@jit
+def store_pair(y, sums, t0, num_tokens, col):
+    """A row pair's sums (row-major, `num_tokens` per row) into y[t0 + t, col] and y[t0 + t, col + 1]."""
+    for t in range(num_tokens):
+        y[t0 + t, col] = sums[t]
+        y[t0 + t, col + 1] = sums[num_tokens + t]
 
 
 @jit
 def gemv_rows(codes, scales, x, r0, r1, xs, y):
     """y[t, r - r0] = sum_k W[r, k] * x[t, k] for rows r0 <= r < r1 and each of the few tokens t < x.shape[0].
 
-    The tokens share each pass over the weight rows (two rows, 2 x K bytes, stay in L1 while every token's
-    `xs` goes by). xs: float32 scratch [>= tokens, >= K]; y: float32 [>= tokens, >= r1 - r0]."""
+    Rows go two at a time; each code is decoded once for up to DOT_TOKENS tokens (more tokens take more
+    passes over the same two rows, which are then in L1). xs: float32 scratch [>= tokens, >= K]; y: float32
+    [>= tokens, >= r1 - r0]."""
     num_tokens = x.shape[0]
-    main = codes.shape[1] - codes.shape[1] % DOT_STEP
+    num_cols = codes.shape[1]
+    main = num_cols - num_cols % DOT_STEP
     r = r0
     while r < r1:
         block = r // BLOCK
@@ -65,15 +77,28 @@ def gemv_rows(codes, scales, x, r0, r1, xs, y):
         for t in range(num_tokens):
             scale_activation(x[t], scales[block], xs[t])
         while r + 2 <= run_end:
-            for t in range(num_tokens):
-                a, b = e4m3_dot2(codes, r, xs[t], main)
-                y[t, r - r0] = a + e4m3_dot_tail(codes[r], xs[t], main)
-                y[t, r + 1 - r0] = b + e4m3_dot_tail(codes[r + 1], xs[t], main)
+            col = r - r0
+            t = 0
+            while t < num_tokens:
+                n = min(DOT_TOKENS, num_tokens - t)
+                if n == 1:
+                    store_pair(y, e4m3_dot_2x1(codes, r, xs, t, main), t, 1, col)
+                elif n == 2:
+                    store_pair(y, e4m3_dot_2x2(codes, r, xs, t, main), t, 2, col)
+                elif n == 3:
+                    store_pair(y, e4m3_dot_2x3(codes, r, xs, t, main), t, 3, col)
+                else:
+                    store_pair(y, e4m3_dot_2x4(codes, r, xs, t, main), t, 4, col)
+                t += n
+            if main < num_cols:
+                for t in range(num_tokens):
+                    y[t, col] += e4m3_dot_tail(codes, r, xs, t, main)
+                    y[t, col + 1] += e4m3_dot_tail(codes, r + 1, xs, t, main)
             r += 2
         if r < run_end:
             for t in range(num_tokens):
-                (a,) = e4m3_dot1(codes, r, xs[t], main)
-                y[t, r - r0] = a + e4m3_dot_tail(codes[r], xs[t], main)
+                (a,) = e4m3_dot_1x1(codes, r, xs, t, main)
+                y[t, r - r0] = a + e4m3_dot_tail(codes, r, xs, t, main)
             r += 1
 
 

@@ -10,14 +10,14 @@ splits the I gate/up rows into equal runs and every work item computes its run f
 weighted expert outputs without races, in a fixed order (deterministic). Per expert the item picks one of two
 kernels by how many tokens the expert got:
 
-* up to GEMV_MAX_TOKENS (decode): `gemv_rows`, the weight-streaming GEMV (decode in registers, rows in L1
-  across the tokens);
+* up to GEMV_MAX_TOKENS (decode, and small prefill batches): `gemv_rows`, the weight-streaming GEMV (decode
+  in registers, once per 4 tokens, the rows in L1 across the tokens);
 * more (prefill): `gemm_rows`, decoding each weight once into a float32 tile and running the broadcast
   micro-kernel over LANES-token panels. Its activations are packed once per call (phase 0), and phase 1
   writes its intermediate `h` straight in the panel layout phase 2 reads.
 
-Expert weights go to Numba as six typed lists of read-only arrays (one compiled variant for mmap views and
-RAM buffers alike); the per-call cost of building them is about 2 us per array.
+Expert weights reach the kernel as a table of addresses (`cpu_views`), six per expert, checked and kept
+alive by the wrapper: building it costs about a microsecond per array, where typed lists cost ten times more.
 """
 
 from __future__ import annotations
@@ -27,19 +27,21 @@ from typing import Sequence
 
 import numpy as np
 from numba import prange
-from numba.typed import List
 
-from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
+from kimi_local.kernels.cpu_checks import check_activations, check_fp8_arrays
 from kimi_local.kernels.cpu_gemm import K_CHUNK, gemm_rows, round_up
 from kimi_local.kernels.cpu_gemv import gemv_rows
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_simd import LANES, TILE_ROWS
+from kimi_local.kernels.cpu_simd import DOT_TOKENS, LANES, TILE_ROWS
+from kimi_local.kernels.cpu_views import address_of, f32_matrix_at, u8_matrix_at
 from kimi_local.model.experts import ExpertWeights
-from kimi_local.model.fp8 import dequantize
+from kimi_local.model.fp8 import BLOCK, dequantize
 
-GEMV_MAX_TOKENS = 3  # an expert with more tokens than this goes through the decode-once GEMM
-ITEMS_PER_THREAD = 2  # phase work items per thread (rows are split evenly, each item sees every expert)
-ROW_ALIGN = 2 * TILE_ROWS  # work items start at multiples of this (even: GEMV row pairs; whole tiles)
+# An expert with more tokens than this goes through the decode-once GEMM. The GEMV decodes each code once
+# per DOT_TOKENS tokens, the GEMM once in all but pays a full LANES-wide FMA per weight and panel: on AVX-512
+# they cost the same at 13-14 tokens (`kimi-local bench kernels` shapes, one thread).
+GEMV_MAX_TOKENS = 3 * DOT_TOKENS
+ROW_ALIGN = 16  # work items start at multiples of this (even, for the GEMV's row pairs)
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,22 @@ def group_routing(topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: np
     )
 
 
-def item_rows(num_rows: int, num_threads: int) -> int:
-    """Rows per work item: an even split into ITEMS_PER_THREAD items per thread, aligned to ROW_ALIGN."""
-    return round_up(-(-num_rows // (ITEMS_PER_THREAD * max(1, num_threads))), ROW_ALIGN)
+@jit
+def item_bounds(item, num_items, num_rows):
+    """Rows [begin, end) of work item `item` of `num_items`: an even split, boundaries at ROW_ALIGN multiples."""
+    begin = item * num_rows // num_items // ROW_ALIGN * ROW_ALIGN
+    end = num_rows if item == num_items - 1 else (item + 1) * num_rows // num_items // ROW_ALIGN * ROW_ALIGN
+    return begin, end
+
+
+@jit
+def largest_groups(panel_offsets, row_offsets):
+    """The most panels and the most GEMV rows any one expert has (at least 1: scratch sizes)."""
+    max_panels, max_rows = 1, 1
+    for e in range(panel_offsets.size - 1):
+        max_panels = max(max_panels, panel_offsets[e + 1] - panel_offsets[e])
+        max_rows = max(max_rows, row_offsets[e + 1] - row_offsets[e])
+    return max_panels, max_rows
 
 
 @jit
@@ -117,37 +132,43 @@ def _pack_inputs(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows
                 x_rows[row_offsets[e] + m - s0] = x[tokens[m]]
 
 
+@jit
+def expert_matrices(addresses, e, rows, cols):
+    """Expert e's codes and scales for one matrix [rows, cols] from its two addresses (gate, up or down)."""
+    codes = u8_matrix_at(addresses[e, 0], rows, cols)
+    scales = f32_matrix_at(addresses[e, 1], (rows + BLOCK - 1) // BLOCK, (cols + BLOCK - 1) // BLOCK)
+    return codes, scales
+
+
 @parallel_jit
-def _gate_up(gate_q, gate_s, up_q, up_s, starts, panel_offsets, row_offsets, x_panels, x_rows,
-             h_panels, h_rows, rows_per_item):
-    """Phase 1: h = silu(gate x) * up x, for intermediate rows split in items, every expert in each item."""
+def _gate_up(gate, up, inter, hidden, starts, panel_offsets, row_offsets, x_panels, x_rows,
+             h_panels, h_rows, num_items):
+    """Phase 1: h = silu(gate x) * up x, for intermediate rows split in items, every expert in each item.
+    gate, up: int64 [E, 2] addresses of each expert's codes and scales."""
     num_experts = starts.size - 1
-    inter, hidden = gate_q[0].shape
-    num_items = (inter + rows_per_item - 1) // rows_per_item
-    max_panels = 1
-    for e in range(num_experts):
-        max_panels = max(max_panels, panel_offsets[e + 1] - panel_offsets[e])
+    max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
     for item in prange(num_items):
-        r_begin = item * rows_per_item
-        r_end = min(inter, r_begin + rows_per_item)
+        r_begin, r_end = item_bounds(item, num_items, inter)
         tile = np.empty((TILE_ROWS, min(K_CHUNK, hidden)), np.float32)
         g_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
         u_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
-        xs = np.empty((GEMV_MAX_TOKENS, hidden), np.float32)
-        g_rows = np.empty((GEMV_MAX_TOKENS, rows_per_item), np.float32)
-        u_rows = np.empty((GEMV_MAX_TOKENS, rows_per_item), np.float32)
+        xs = np.empty((max_rows, hidden), np.float32)
+        g_rows = np.empty((max_rows, r_end - r_begin), np.float32)
+        u_rows = np.empty((max_rows, r_end - r_begin), np.float32)
         for e in range(num_experts):
             count = starts[e + 1] - starts[e]
             if count == 0:
                 continue
+            gate_q, gate_s = expert_matrices(gate, e, inter, hidden)
+            up_q, up_s = expert_matrices(up, e, inter, hidden)
             p0, p1 = panel_offsets[e], panel_offsets[e + 1]
             if p1 > p0:
                 xp = x_panels[p0:p1]
                 hp = h_panels[p0:p1]
                 for r0 in range(r_begin, r_end, TILE_ROWS):
                     r1 = min(r_end, r0 + TILE_ROWS)
-                    gemm_rows(gate_q[e], gate_s[e], xp, r0, r1, tile, g_tile[: p1 - p0])
-                    gemm_rows(up_q[e], up_s[e], xp, r0, r1, tile, u_tile[: p1 - p0])
+                    gemm_rows(gate_q, gate_s, xp, r0, r1, tile, g_tile[: p1 - p0])
+                    gemm_rows(up_q, up_s, xp, r0, r1, tile, u_tile[: p1 - p0])
                     for p in range(p1 - p0):
                         for j in range(r1 - r0):
                             dst = hp[p, r0 + j]
@@ -157,8 +178,8 @@ def _gate_up(gate_q, gate_s, up_q, up_s, starts, panel_offsets, row_offsets, x_p
                                 dst[lane] = silu_mul(g[lane], u[lane])
             else:
                 xr = x_rows[row_offsets[e] : row_offsets[e + 1]]
-                gemv_rows(gate_q[e], gate_s[e], xr, r_begin, r_end, xs, g_rows)
-                gemv_rows(up_q[e], up_s[e], xr, r_begin, r_end, xs, u_rows)
+                gemv_rows(gate_q, gate_s, xr, r_begin, r_end, xs, g_rows)
+                gemv_rows(up_q, up_s, xr, r_begin, r_end, xs, u_rows)
                 for t in range(count):
                     dst = h_rows[row_offsets[e] + t]
                     for j in range(r_end - r_begin):
@@ -166,32 +187,28 @@ def _gate_up(gate_q, gate_s, up_q, up_s, starts, panel_offsets, row_offsets, x_p
 
 
 @parallel_jit
-def _down(down_q, down_s, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
-          rows_per_item, out):
+def _down(down, inter, hidden, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
+          num_items, out):
     """Phase 2: out[t, n] = sum over t's experts of w * (down h)[n], output rows split in items."""
     num_experts = starts.size - 1
-    hidden, inter = down_q[0].shape
-    num_items = (hidden + rows_per_item - 1) // rows_per_item
-    max_panels = 1
-    for e in range(num_experts):
-        max_panels = max(max_panels, panel_offsets[e + 1] - panel_offsets[e])
+    max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
     for item in prange(num_items):
-        r_begin = item * rows_per_item
-        r_end = min(hidden, r_begin + rows_per_item)
+        r_begin, r_end = item_bounds(item, num_items, hidden)
         tile = np.empty((TILE_ROWS, min(K_CHUNK, inter)), np.float32)
         y_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
-        xs = np.empty((GEMV_MAX_TOKENS, inter), np.float32)
-        y_rows = np.empty((GEMV_MAX_TOKENS, rows_per_item), np.float32)
+        xs = np.empty((max_rows, inter), np.float32)
+        y_rows = np.empty((max_rows, r_end - r_begin), np.float32)
         for e in range(num_experts):
             s0, s1 = starts[e], starts[e + 1]
             if s1 == s0:
                 continue
+            down_q, down_s = expert_matrices(down, e, hidden, inter)
             p0, p1 = panel_offsets[e], panel_offsets[e + 1]
             if p1 > p0:
                 hp = h_panels[p0:p1]
                 for r0 in range(r_begin, r_end, TILE_ROWS):
                     r1 = min(r_end, r0 + TILE_ROWS)
-                    gemm_rows(down_q[e], down_s[e], hp, r0, r1, tile, y_tile[: p1 - p0])
+                    gemm_rows(down_q, down_s, hp, r0, r1, tile, y_tile[: p1 - p0])
                     for m in range(s0, s1):
                         dst = out[tokens[m]]
                         w = weights[m]
@@ -201,7 +218,7 @@ def _down(down_q, down_s, starts, tokens, weights, panel_offsets, row_offsets, h
                             dst[r0 + j] += w * y[j, lane]
             else:
                 hr = h_rows[row_offsets[e] : row_offsets[e + 1]]
-                gemv_rows(down_q[e], down_s[e], hr, r_begin, r_end, xs, y_rows)
+                gemv_rows(down_q, down_s, hr, r_begin, r_end, xs, y_rows)
                 for m in range(s0, s1):
                     dst = out[tokens[m]]
                     w = weights[m]
@@ -210,22 +227,22 @@ def _down(down_q, down_s, starts, tokens, weights, panel_offsets, row_offsets, h
                         dst[r_begin + j] += w * y[j]
 
 
-def _weight_lists(experts: Sequence[ExpertWeights]) -> tuple[List, ...]:
-    """Six typed lists (gate_q, gate_s, up_q, up_s, down_q, down_s) of read-only views, shapes checked."""
-    lists = tuple(List() for _ in range(6))
-    first = experts[0]
-    inter, hidden = first.gate_q.shape
+def _weight_tables(experts: Sequence[ExpertWeights]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """int64 [E, 2] (codes, scales) address tables for gate, up and down, every array checked against expert
+    #0's shapes; plus the arrays to keep alive (scales copied by the check, if any)."""
+    inter, hidden = experts[0].gate_q.shape
+    tables = np.empty((3, len(experts), 2), np.int64)
+    alive = []
     for i, w in enumerate(experts):
-        for name, codes, scales, shape in (("gate", w.gate_q, w.gate_s, (inter, hidden)),
-                                           ("up", w.up_q, w.up_s, (inter, hidden)),
-                                           ("down", w.down_q, w.down_s, (hidden, inter))):
+        for m, (name, codes, scales, shape) in enumerate((("gate", w.gate_q, w.gate_s, (inter, hidden)),
+                                                          ("up", w.up_q, w.up_s, (inter, hidden)),
+                                                          ("down", w.down_q, w.down_s, (hidden, inter)))):
             if codes.shape != shape:
-                raise ValueError(f"expert #{i} {name}_q has shape {codes.shape}, expected {shape} "
-                                 f"(like expert #0)")
-            codes, scales = check_fp8_weight(f"expert #{i} {name}", codes, scales)
-            lists[{"gate": 0, "up": 2, "down": 4}[name]].append(codes)
-            lists[{"gate": 1, "up": 3, "down": 5}[name]].append(scales)
-    return lists
+                raise ValueError(f"expert #{i} {name}_q has shape {codes.shape}, expected {shape} (like expert #0)")
+            codes, scales = check_fp8_arrays(f"expert #{i} {name}", codes, scales)
+            tables[m, i] = address_of(codes), address_of(scales)
+            alive.append(scales)
+    return tables[0], tables[1], tables[2], alive
 
 
 def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: Sequence[int],
@@ -238,8 +255,8 @@ def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, e
     if len(experts) == 0 or len(experts) != len(expert_ids):
         raise ValueError(f"need one ExpertWeights per expert id: got {len(experts)} experts for "
                          f"{len(expert_ids)} ids")
-    gate_q, gate_s, up_q, up_s, down_q, down_s = _weight_lists(experts)
-    inter, hidden = gate_q[0].shape
+    gate, up, down, alive = _weight_tables(experts)  # `experts` and `alive` outlive the kernel calls
+    inter, hidden = experts[0].gate_q.shape
     x = check_activations("x", x, hidden, ndim=2)
     topk_ids = np.asarray(topk_ids)
     topk_weights = np.asarray(topk_weights, dtype=np.float32)
@@ -260,10 +277,10 @@ def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, e
     h_panels = np.zeros((num_panels, inter, LANES), np.float32)
     h_rows = np.empty((num_rows, inter), np.float32)
     _pack_inputs(x, routing.starts, routing.tokens, routing.panel_offsets, routing.row_offsets, x_panels, x_rows)
-    _gate_up(gate_q, gate_s, up_q, up_s, routing.starts, routing.panel_offsets, routing.row_offsets,
-             x_panels, x_rows, h_panels, h_rows, item_rows(inter, num_threads))
-    _down(down_q, down_s, routing.starts, routing.tokens, routing.weights, routing.panel_offsets,
-          routing.row_offsets, h_panels, h_rows, item_rows(hidden, num_threads), out)
+    _gate_up(gate, up, inter, hidden, routing.starts, routing.panel_offsets, routing.row_offsets,
+             x_panels, x_rows, h_panels, h_rows, num_threads)
+    _down(down, inter, hidden, routing.starts, routing.tokens, routing.weights, routing.panel_offsets,
+          routing.row_offsets, h_panels, h_rows, num_threads, out)
     return out
 
 

@@ -1,9 +1,9 @@
-"""The e4m3 decode rule for CPUs, and the two hand-vectorized inner loops every CPU expert kernel runs.
+"""The e4m3 decode rule for CPUs, and the hand-vectorized inner loops every CPU expert kernel runs.
 
-**Decoding e4m3 without a table.** An e4m3fn byte is `s eeee mmm` (exponent bias 7). Moving its low seven bits
-two places right inside a 16-bit word, `s 0 eeee mmm 0000000`, gives an IEEE half-precision number (bias 15)
-with the same sign, the same mantissa and the exponent field unchanged, so its value is exactly the e4m3 value
-times 2^-8, subnormals included (e4m3 subnormals, exponent 0, land on half subnormals). The hardware half to
+**Decoding e4m3 without a table.** An e4m3fn byte is `s eeee mmm` (exponent bias 7). Its sign put at bit 15 of
+a 16-bit word and its other seven bits at bits 13..7, `s 0 eeee mmm 0000000`, make an IEEE half-precision
+number (bias 15) with the same sign, mantissa and exponent field, so its value is exactly the e4m3 value times
+2^-8, subnormals included (e4m3 subnormals, exponent 0, land on half subnormals). The hardware half to
 float conversion (F16C `vcvtph2ps`, eight or sixteen lanes per instruction) then gives exact float32s, and the
 2^8 goes into the block scale. Per byte that is a sign extension, a shift, a mask and a conversion, all
 vectorized; no lookup table, no gather.
@@ -18,13 +18,16 @@ decoder reads them as +-480 (what their bits mean as a half), it does not check 
 
 **Why intrinsics.** LLVM vectorizes the plain Numba loops, but Numba's target prefers 256-bit vectors even on
 AVX-512 cores, and a register-blocked tile (several rows by several tokens) is not something the loop
-vectorizer builds. So the two loops that carry all the arithmetic are written once in LLVM IR with explicit
+vectorizer builds. So the loops that carry all the arithmetic are written once in LLVM IR with explicit
 vector types and legalized by LLVM to the machine's registers (AVX-512: zmm, AVX2: ymm, older: xmm):
 
-* `e4m3_dot1` / `e4m3_dot2`: one or two rows of e4m3 codes dotted with one float32 vector, decoding in
-  registers and prefetching each row ahead (the decode, T=1, GEMV);
-* `f32_tile_dot`: a `TILE_TOKENS x TILE_ROWS` block of dot products between activation rows and decoded
-  weight rows, accumulating lane-wise partial sums (the prefill GEMM's micro-kernel).
+* `e4m3_dot_RxT`: R rows of e4m3 codes dotted with T float32 vectors (T tokens), each code decoded once in
+  registers for all T, each row prefetched ahead (the decode GEMV, and prefill for experts with few tokens);
+* `e4m3_decode`: a row segment of codes to scaled float32 (the prefill GEMM's decode-once step);
+* `f32_tile`: the prefill GEMM's micro-kernel in the BLAS broadcast form. Activations are transposed so that
+  LANES tokens sit in one vector register; each decoded weight is broadcast and multiplied into TILE_ROWS
+  accumulator registers (one per weight row), so the accumulators stay in registers for a whole K chunk and
+  both operands come from L1.
 
 Each has a plain-Python twin with the same contract: Numba calls the intrinsic (through `overload`), Python
 calls the twin, so the kernels also run, slowly, with `NUMBA_DISABLE_JIT=1`.
@@ -57,7 +60,10 @@ LANES = 16 if _has_avx512() else 8  # float32 lanes in one native vector registe
 # and two operands fit AVX-512's 32 registers, 12 fit AVX2's 16.
 TILE_ROWS = 24 if LANES == 16 else 12
 DOT_STEP = 32  # codes per row per step of the e4m3 dot loop; its `length` must be a multiple
-PREFETCH_BYTES = 1024  # how far ahead of the e4m3 dot's loads each row is prefetched
+# Tokens one e4m3 dot pass serves (2 rows x this many tokens x DOT_STEP / LANES accumulator registers).
+DOT_TOKENS = 4 if LANES == 16 else 2
+PREFETCH_BYTES = 16384  # how far ahead of the e4m3 dot's loads each row is prefetched (into L2)
+DECODE_PREFETCH_BYTES = 1024  # the same for the prefill decode, which walks many rows a K chunk at a time
 
 
 # -- the decode rule ----------------------------------------------------------------------------------------
@@ -143,6 +149,11 @@ def _horizontal_sum(builder, vec):
     return builder.extract_element(vec, ir.Constant(_I32, 0))
 
 
+def _splat(builder, scalar, count: int):
+    vec = builder.insert_element(ir.Constant(_vector(_F32, count), None), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(vec, vec, ir.Constant(_vector(_I32, count), [0] * count))
+
+
 def _as_intp(context, builder, value, value_type):
     return context.cast(builder, value, value_type, types.intp)
 
@@ -154,14 +165,16 @@ def _is_c_array(t, dtype, ndim) -> bool:
 # -- e4m3 rows . float32 vector -------------------------------------------------------------------------------
 
 
-def _e4m3_dot_codegen(num_rows: int):
+def _e4m3_dot_codegen(num_rows: int, num_tokens: int):
     def codegen(context, builder, signature, args):
-        codes_t, row_t, xs_t, length_t = signature.args
+        codes_t, row_t, xs_t, xs_row_t, length_t = signature.args
         codes = context.make_array(codes_t)(context, builder, args[0])
         xs = context.make_array(xs_t)(context, builder, args[2])
         row = _as_intp(context, builder, args[1], row_t)
-        length = _as_intp(context, builder, args[3], length_t)
+        xs_row = _as_intp(context, builder, args[3], xs_row_t)
+        length = _as_intp(context, builder, args[4], length_t)
         width = builder.extract_value(codes.shape, 1)
+        xs_width = builder.extract_value(xs.shape, 1)
 
         byte_vec = _vector(ir.IntType(8), DOT_STEP)
         half_int_vec = _vector(ir.IntType(16), DOT_STEP)
@@ -169,69 +182,153 @@ def _e4m3_dot_codegen(num_rows: int):
         shift = ir.Constant(half_int_vec, [7] * DOT_STEP)
         mask = ir.Constant(half_int_vec, [0xBFFF] * DOT_STEP)  # clears the second copy of the sign bit
         row_bases = [builder.mul(builder.add(row, ir.Constant(_I64, r)), width) for r in range(num_rows)]
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(float_vec, None)) for _ in range(num_rows)]
+        xs_bases = [builder.mul(builder.add(xs_row, ir.Constant(_I64, t)), xs_width) for t in range(num_tokens)]
+        accs = [[cgutils.alloca_once_value(builder, ir.Constant(float_vec, None)) for _ in range(num_tokens)]
+                for _ in range(num_rows)]
         zero, step = ir.Constant(_I64, 0), ir.Constant(_I64, DOT_STEP)
         with cgutils.for_range_slice(builder, zero, length, step, inc=True) as (k, _):
-            x = _load_vector(builder, xs.data, k, float_vec, align=4)
+            xv = [_load_vector(builder, xs.data, builder.add(b, k), float_vec, align=4) for b in xs_bases]
             for r in range(num_rows):
                 offset = builder.add(row_bases[r], k)
                 raw = _load_vector(builder, codes.data, offset, byte_vec, align=1)
                 half_bits = builder.and_(builder.shl(builder.sext(raw, half_int_vec), shift), mask)
                 w = builder.fpext(builder.bitcast(half_bits, _vector(ir.HalfType(), DOT_STEP)), float_vec)
-                builder.store(_fma(builder, w, x, builder.load(accs[r])), accs[r])
+                for t in range(num_tokens):
+                    builder.store(_fma(builder, w, xv[t], builder.load(accs[r][t])), accs[r][t])
                 _prefetch_l2(builder, builder.gep(codes.data, [builder.add(offset, ir.Constant(_I64, PREFETCH_BYTES))]))
-        sums = [_horizontal_sum(builder, builder.load(a)) for a in accs]
+        sums = [_horizontal_sum(builder, builder.load(a)) for row_accs in accs for a in row_accs]
         return context.make_tuple(builder, signature.return_type, sums)
 
     return codegen
 
 
-def _e4m3_dot_typer(num_rows: int):
-    def typer(typingctx, codes, row, xs, length):
-        if not (_is_c_array(codes, types.uint8, 2) and _is_c_array(xs, types.float32, 1)):
+def _e4m3_dot_typer(num_rows: int, num_tokens: int):
+    def typer(typingctx, codes, row, xs, xs_row, length):
+        if not (_is_c_array(codes, types.uint8, 2) and _is_c_array(xs, types.float32, 2)):
             return None
-        if not (isinstance(row, types.Integer) and isinstance(length, types.Integer)):
+        if not all(isinstance(t, types.Integer) for t in (row, xs_row, length)):
             return None
-        return types.UniTuple(types.float32, num_rows)(codes, row, xs, length), _e4m3_dot_codegen(num_rows)
+        ret = types.UniTuple(types.float32, num_rows * num_tokens)
+        return ret(codes, row, xs, xs_row, length), _e4m3_dot_codegen(num_rows, num_tokens)
 
     return typer
 
 
-_e4m3_dot1 = intrinsic(_e4m3_dot_typer(1))
-_e4m3_dot2 = intrinsic(_e4m3_dot_typer(2))
+def _e4m3_dot_twin(codes, row, xs, xs_row, length, num_rows, num_tokens):
+    w = decode_e4m3(codes[row : row + num_rows, :length]).astype(np.float64) / HALF_BIAS_SHIFT
+    sums = w @ xs[xs_row : xs_row + num_tokens, :length].astype(np.float64).T  # [rows, tokens]
+    return tuple(np.float32(v) for v in sums.reshape(-1))
 
 
-def _e4m3_dot_twin(codes, row, xs, length, num_rows):
-    w = decode_e4m3(codes[row : row + num_rows, :length]) / np.float32(HALF_BIAS_SHIFT)
-    return tuple(np.float32(v) for v in w.astype(np.float64) @ xs[:length].astype(np.float64))
+# Numba calls these through `overload`, Python runs the twins. Results are row-major: (r0 t0, r0 t1, ..., r1 t0, ...).
+_e4m3_dot_1x1 = intrinsic(_e4m3_dot_typer(1, 1))
+_e4m3_dot_2x1 = intrinsic(_e4m3_dot_typer(2, 1))
+_e4m3_dot_2x2 = intrinsic(_e4m3_dot_typer(2, 2))
+_e4m3_dot_2x3 = intrinsic(_e4m3_dot_typer(2, 3))
+_e4m3_dot_2x4 = intrinsic(_e4m3_dot_typer(2, 4))
 
 
-def e4m3_dot1(codes, row, xs, length):
-    """(sum_k half(codes[row, k]) * xs[k],) over k < length (a multiple of DOT_STEP); half() = e4m3 / 256."""
-    return _e4m3_dot_twin(codes, row, xs, length, 1)
+def e4m3_dot_1x1(codes, row, xs, xs_row, length):
+    """(sum_k half(codes[row, k]) * xs[xs_row, k],) over k < length (a multiple of DOT_STEP), where half() is
+    the e4m3 value / 256. Rows are indices, not views: nothing is built per call in the hot loop."""
+    return _e4m3_dot_twin(codes, row, xs, xs_row, length, 1, 1)
 
 
-def e4m3_dot2(codes, row, xs, length):
-    """`e4m3_dot1` for rows `row` and `row + 1` at once (they share the loads of `xs`)."""
-    return _e4m3_dot_twin(codes, row, xs, length, 2)
+def e4m3_dot_2x1(codes, row, xs, xs_row, length):
+    """Rows `row`, `row + 1` against xs row `xs_row`: two sums sharing the loads of `xs`."""
+    return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 1)
 
 
-@overload(e4m3_dot1)
-def _e4m3_dot1_jit(codes, row, xs, length):
-    return lambda codes, row, xs, length: _e4m3_dot1(codes, row, xs, length)
+def e4m3_dot_2x2(codes, row, xs, xs_row, length):
+    """Rows `row`, `row + 1` against xs rows `xs_row`, `xs_row + 1`: each code decoded once for both tokens."""
+    return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 2)
 
 
-@overload(e4m3_dot2)
-def _e4m3_dot2_jit(codes, row, xs, length):
-    return lambda codes, row, xs, length: _e4m3_dot2(codes, row, xs, length)
+def e4m3_dot_2x3(codes, row, xs, xs_row, length):
+    return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 3)
+
+
+def e4m3_dot_2x4(codes, row, xs, xs_row, length):
+    return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 4)
+
+
+@overload(e4m3_dot_1x1)
+def _e4m3_dot_1x1_jit(codes, row, xs, xs_row, length):
+    return lambda codes, row, xs, xs_row, length: _e4m3_dot_1x1(codes, row, xs, xs_row, length)
+
+
+@overload(e4m3_dot_2x1)
+def _e4m3_dot_2x1_jit(codes, row, xs, xs_row, length):
+    return lambda codes, row, xs, xs_row, length: _e4m3_dot_2x1(codes, row, xs, xs_row, length)
+
+
+@overload(e4m3_dot_2x2)
+def _e4m3_dot_2x2_jit(codes, row, xs, xs_row, length):
+    return lambda codes, row, xs, xs_row, length: _e4m3_dot_2x2(codes, row, xs, xs_row, length)
+
+
+@overload(e4m3_dot_2x3)
+def _e4m3_dot_2x3_jit(codes, row, xs, xs_row, length):
+    return lambda codes, row, xs, xs_row, length: _e4m3_dot_2x3(codes, row, xs, xs_row, length)
+
+
+@overload(e4m3_dot_2x4)
+def _e4m3_dot_2x4_jit(codes, row, xs, xs_row, length):
+    return lambda codes, row, xs, xs_row, length: _e4m3_dot_2x4(codes, row, xs, xs_row, length)
+
+
+# -- e4m3 row segment -> scaled float32 ---------------------------------------------------------------------
+
+
+def _decode_codegen(context, builder, signature, args):
+    codes_t, row_t, col_t, length_t, scale_t, out_t, out_row_t, out_col_t = signature.args
+    codes = context.make_array(codes_t)(context, builder, args[0])
+    out = context.make_array(out_t)(context, builder, args[5])
+    row, col, length, out_row, out_col = (
+        _as_intp(context, builder, args[i], signature.args[i]) for i in (1, 2, 3, 6, 7))
+    scale = context.cast(builder, args[4], scale_t, types.float32)
+    src_base = builder.add(builder.mul(row, builder.extract_value(codes.shape, 1)), col)
+    dst_base = builder.add(builder.mul(out_row, builder.extract_value(out.shape, 1)), out_col)
+    half_int_vec = _vector(ir.IntType(16), DOT_STEP)
+    float_vec = _vector(_F32, DOT_STEP)
+    scales = _splat(builder, scale, DOT_STEP)
+    with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), length, ir.Constant(_I64, DOT_STEP), inc=True) as (k, _):
+        offset = builder.add(src_base, k)
+        raw = _load_vector(builder, codes.data, offset, _vector(ir.IntType(8), DOT_STEP), align=1)
+        half_bits = builder.and_(builder.shl(builder.sext(raw, half_int_vec), ir.Constant(half_int_vec, [7] * DOT_STEP)),
+                                 ir.Constant(half_int_vec, [0xBFFF] * DOT_STEP))
+        w = builder.fpext(builder.bitcast(half_bits, _vector(ir.HalfType(), DOT_STEP)), float_vec)
+        dst = builder.bitcast(builder.gep(out.data, [builder.add(dst_base, k)]), float_vec.as_pointer())
+        builder.store(builder.fmul(w, scales), dst, align=4)
+        _prefetch_l2(builder, builder.gep(codes.data, [builder.add(offset, ir.Constant(_I64, DECODE_PREFETCH_BYTES))]))
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _e4m3_decode(typingctx, codes, row, col, length, scale, out, out_row, out_col):
+    if not (_is_c_array(codes, types.uint8, 2) and _is_c_array(out, types.float32, 2)
+            and isinstance(scale, types.Float)
+            and all(isinstance(t, types.Integer) for t in (row, col, length, out_row, out_col))):
+        return None
+    return types.void(codes, row, col, length, scale, out, out_row, out_col), _decode_codegen
+
+
+def e4m3_decode(codes, row, col, length, scale, out, out_row, out_col):
+    """out[out_row, out_col + i] = half(codes[row, col + i]) * scale for i < length (a multiple of DOT_STEP),
+    half() being the e4m3 value / 256; prefetches the row DECODE_PREFETCH_BYTES ahead."""
+    decoded = decode_e4m3(codes[row, col : col + length]) / np.float32(HALF_BIAS_SHIFT)
+    out[out_row, out_col : out_col + length] = decoded * np.float32(scale)
+
+
+@overload(e4m3_decode)
+def _e4m3_decode_jit(codes, row, col, length, scale, out, out_row, out_col):
+    def impl(codes, row, col, length, scale, out, out_row, out_col):
+        _e4m3_decode(codes, row, col, length, scale, out, out_row, out_col)
+
+    return impl
 
 
 # -- float32 tile micro-kernel --------------------------------------------------------------------------------
-
-
-def _splat(builder, scalar, count: int):
-    vec = builder.insert_element(ir.Constant(_vector(_F32, count), None), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(vec, vec, ir.Constant(_vector(_I32, count), [0] * count))
 
 
 def _tile_codegen(context, builder, signature, args):

@@ -37,8 +37,10 @@ def check_small_cases() -> None:
         assert_close(cpu_gemm.fp8_gemm(codes, scales, xs), cpu_gemm.fp8_gemm_reference(codes, scales, xs), cols)
     expert_ids = np.array([4, 9, 2])
     experts = [random_expert(rng, 40, 36) for _ in expert_ids]
-    for num_tokens, skew in [(1, 0.0), (7, 0.9)]:  # GEMV path only; both paths
+    for num_tokens, skew in [(1, 0.0), (cpu_moe.GEMV_MAX_TOKENS + 4, 1.0)]:  # GEMV path only; both paths
         ids, weights = routing(rng, num_tokens, 2, expert_ids, skew)
+        tiled = np.diff(cpu_moe.group_routing(ids, weights, expert_ids).panel_offsets) > 0
+        assert tiled.any() == (skew > 0)
         x = rng.standard_normal((num_tokens, 36)).astype(np.float32)
         got = cpu_moe.moe_forward(x, ids, weights, expert_ids, experts)
         assert_close(got, cpu_moe.moe_forward_reference(x, ids, weights, expert_ids, experts), 76)
