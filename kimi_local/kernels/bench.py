@@ -3,8 +3,9 @@
 Measured side by side in one run, in interleaved rounds (each round: the bandwidth probe, ours, torch), so
 that every figure sees the same machine load; each figure is the best round:
 
-* read bandwidth: `bandwidth.measure_memory_bandwidth` (a Numba streaming sum) over a buffer far larger than
-  the caches;
+* read bandwidth: the memory probe's kernel (`bandwidth.sum_words`, a Numba streaming sum) over a buffer far
+  larger than the caches, allocated and touched once (re-allocating it every round costs page faults and
+  disturbs the other measurements);
 * decode: one token through 8 experts of Kimi-K2's shapes (gate/up [2048, 7168], down [7168, 2048]) with
   `moe_forward`, rotating over several distinct copies of the experts so that no weight byte comes from a
   cache; reported as fp8 weight bytes per second (= weights per second). Torch's side: the same experts
@@ -27,7 +28,7 @@ import numba
 import numpy as np
 import torch
 
-from kimi_local.bandwidth import measure_memory_bandwidth
+from kimi_local.bandwidth import sum_words
 from kimi_local.kernels.cpu_experts import usable_threads
 from kimi_local.kernels.cpu_moe import moe_forward
 from kimi_local.model.experts import ExpertWeights
@@ -126,10 +127,11 @@ def _decode_figures(sizes: BenchSizes, threads: int, base: list[ExpertWeights],
     def theirs(experts):
         return torch_experts(x_bf16, experts, routing_weights[0].tolist())
 
-    ours(ours_sets[0]), theirs(torch_sets[0])  # compile / warm up
+    words = np.ones(sizes.bandwidth_bytes // 8, np.uint64)
+    ours(ours_sets[0]), theirs(torch_sets[0]), sum_words(words[:1024])  # compile / warm up
     bandwidth, ours_s, theirs_s = [], [], []
     for _ in range(sizes.rounds):  # a round touches every copy once: no weight byte comes from a cache
-        bandwidth.append(measure_memory_bandwidth(0.2, sizes.bandwidth_bytes, threads).bytes_per_s)
+        bandwidth.append(words.nbytes / seconds_per_call(lambda: sum_words(words)))
         ours_s.append(sum(seconds_per_call(lambda: ours(s)) for s in ours_sets) / num_sets)
         theirs_s.append(sum(seconds_per_call(lambda: theirs(s)) for s in torch_sets) / num_sets)
     read_bw, decode_bps, torch_wps = max(bandwidth), set_bytes / min(ours_s), num_weights / min(theirs_s)
