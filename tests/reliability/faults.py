@@ -36,7 +36,7 @@ from kimi_local.cache.store import ExpertStore
 from kimi_local.engine.sampling import SamplingParams
 from kimi_local.model.checkpoint import Checkpoint
 from kimi_local.model.experts import ExpertWeights
-from tests.reliability.servers import Sizes, load_cached, load_plain, serve
+from tests.reliability.servers import Sizes, held_engine, load_cached, load_plain, serve
 
 SLOTS = 3  # 2 MoE layers x 16 experts, top-4: every step reads
 SIZES = Sizes(max_context=128, max_batch=2, max_queue=8, prefill_chunk=64)
@@ -203,26 +203,6 @@ def _server(model_dir: Path, prefetch: bool = True) -> Iterator:
         yield running
 
 
-@contextmanager
-def _held_engine(engine, num_requests: int, timeout: float = 30.0) -> Iterator[None]:
-    """The engine takes no step until `num_requests` requests have arrived, so they prefill one after the
-    other and then decode in step (the scenario's step arithmetic holds whatever the thread timing)."""
-    real_step = engine.step
-
-    def held_step():
-        deadline = time.monotonic() + timeout
-        while engine.num_waiting + engine.num_running < num_requests and time.monotonic() < deadline:
-            time.sleep(0.001)
-        engine.step = real_step
-        return real_step()
-
-    engine.step = held_step
-    try:
-        yield
-    finally:
-        engine.step = real_step
-
-
 def _healthy(result: FaultResult, running, ckpt: Checkpoint) -> None:
     health = httpx.get(running.url + "/health", timeout=30)
     result.expect(health.status_code == 200, f"/health answered {health.status_code}")
@@ -299,7 +279,7 @@ def unreadable_expert_fails_only_its_request(model_dir: Path, workdir: Path) -> 
     result.details.append(f"layer {layer} expert {expert} unreadable ({', '.join(sorted(shards))})")
     with _server(model_dir) as running:
         expected = httpx.post(running.url + "/v1/completions", json=bystander, timeout=60).json()["choices"][0]["text"]
-        with ReadFaults() as faults, _held_engine(running.engine, 2):
+        with ReadFaults() as faults, held_engine(running.engine, lambda: running.engine.num_waiting >= 2):
             faults.bad_expert(layer, expert)
             requests = Requests(running.url)
             requests.start("bystander", bystander)

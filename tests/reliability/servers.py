@@ -8,10 +8,11 @@ tests never write into the user's cache directory.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from kimi_local.cache.reader import expert_slot_bytes
 from kimi_local.cache.store import ExpertStore
@@ -83,3 +84,23 @@ def serve(loaded: LoadedModel, max_queue: int = 16, api_key: str = "", host: str
         thread.stop()
         state.close()
         loaded.close()
+
+
+@contextmanager
+def held_engine(engine: Engine, ready: Callable[[], bool], timeout: float = 30.0) -> Iterator[None]:
+    """The engine takes no step until `ready()` (e.g. until all of a scenario's requests have arrived), so what
+    happens next does not depend on thread timing: they prefill one after the other, then decode in step."""
+    real_step = engine.step
+
+    def held_step():
+        deadline = time.monotonic() + timeout
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        engine.step = real_step
+        return real_step()
+
+    engine.step = held_step
+    try:
+        yield
+    finally:
+        engine.step = real_step
