@@ -432,7 +432,7 @@ class KimiModel(nn.Module):
         nxt = self.layers[layer_idx + 1]
         if not isinstance(nxt.mlp, MoE):
             return None
-        ids, _ = nxt.mlp.router(nxt.post_attention_layernorm(h))
+        ids, _ = nxt.mlp.router(nxt.post_attention_layernorm(h.to(nxt.device)))
         self.experts.prefetch(layer_idx + 1, ids)
         return ids
 
