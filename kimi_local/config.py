@@ -5,7 +5,8 @@ the filling and remembers where each value came from).
 Sections mirror the TOML file:
 
     model = "/models/Kimi-K2-Instruct"      # checkpoint directory; unset: the built-in demo model
-    [engine]  device, dtype, threads, max_context, max_batch, prefill_chunk, gpu_memory_gb, expert_backend
+    [engine]  device, dtype, threads, max_context, max_batch, prefill_chunk, gpu_memory_gb, expert_backend,
+              cuda_graphs
     [cache]   ram_gb, gpu_gb, pinned, prefetch, io_threads, profile
     [server]  host, port, api_key, max_queue
     [tui]     system_prompt, temperature, top_p, max_tokens
@@ -142,6 +143,8 @@ class EngineSection(_Checked):
                                    flag="--gpu-memory-gb", minimum=0)
     expert_backend: str = setting("auto", "what computes the routed experts (auto: numba)", flag="--expert-backend",
                                   choices=("auto", "numba", "torch"))
+    cuda_graphs: bool = setting(True, "replay each layer's GPU part of a decode step (between two routed-expert "
+                                "calls) as a CUDA graph; used when layers sit on CUDA", flag="--cuda-graphs")
 
 
 @dataclass(frozen=True)

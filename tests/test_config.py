@@ -30,7 +30,7 @@ BAD_VALUES = [
     ("engine.dtype", "fp8"), ("engine.threads", -1), ("engine.threads", 2.5), ("engine.threads", True),
     ("engine.threads", "4"), ("engine.max_context", 0), ("engine.max_batch", 0), ("engine.prefill_chunk", -5),
     ("engine.gpu_memory_gb", -1.0), ("engine.gpu_memory_gb", float("nan")), ("engine.gpu_memory_gb", float("inf")),
-    ("engine.expert_backend", "cuda"),
+    ("engine.expert_backend", "cuda"), ("engine.cuda_graphs", "yes"), ("engine.cuda_graphs", 1),
     ("cache.ram_gb", -0.5), ("cache.ram_gb", "64"), ("cache.gpu_gb", -1), ("cache.pinned", "1:2"),
     ("cache.pinned", ["1:2", "3"]), ("cache.pinned", ["a:b"]), ("cache.pinned", [1]), ("cache.prefetch", 1),
     ("cache.prefetch", "yes"), ("cache.io_threads", 0), ("cache.profile", None),

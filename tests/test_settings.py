@@ -65,8 +65,9 @@ def test_every_setting_can_come_from_each_layer(tmp_path):
     """Each key read from the file, then overridden by its env variable, then by its flag."""
     samples = {"model": str(tmp_path), "engine.device": "cpu", "engine.dtype": "bfloat16", "engine.threads": 7,
                "engine.max_context": 100, "engine.max_batch": 2, "engine.prefill_chunk": 16,
-               "engine.gpu_memory_gb": 5.5, "engine.expert_backend": "torch", "cache.ram_gb": 3.0,
-               "cache.gpu_gb": 1.0, "cache.pinned": ("1:2",), "cache.prefetch": False, "cache.io_threads": 2,
+               "engine.gpu_memory_gb": 5.5, "engine.expert_backend": "torch", "engine.cuda_graphs": False,
+               "cache.ram_gb": 3.0, "cache.gpu_gb": 1.0, "cache.pinned": ("1:2",), "cache.prefetch": False,
+               "cache.io_threads": 2,
                "cache.profile": False, "server.host": "::1", "server.port": 1234, "server.api_key": "k",
                "server.max_queue": 3, "tui.system_prompt": "hi", "tui.temperature": 0.1, "tui.top_p": 0.5,
                "tui.max_tokens": 9}
