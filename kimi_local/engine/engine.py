@@ -91,6 +91,10 @@ class Engine:
         self.prefill_chunk = max(1, prefill_chunk)
         self.cache = KVCache.allocate(model.config, max_batch, max_context, model.dtype,
                                     model.placement.layer_devices)
+        # Decode steps go through the model's decode runner (CUDA graphs) when it offers one for this cache;
+        # stand-in models in tests have none.
+        make_runner = getattr(model, "decode_runner", None)
+        self._decode_runner = make_runner(self.cache) if make_runner is not None else None
         self.stats = EngineStats()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -229,7 +233,10 @@ class Engine:
             is_prefill=False,
         )
         t0 = time.perf_counter()
-        logits = self.model(batch, self.cache)
+        if self._decode_runner is not None:
+            logits = self._decode_runner(batch)
+        else:
+            logits = self.model(batch, self.cache)
         self.stats.decode_seconds += time.perf_counter() - t0
         self.stats.decode_steps += 1
         return [self._emit(r, logits[i]) for i, r in enumerate(requests)]

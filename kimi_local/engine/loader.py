@@ -106,6 +106,7 @@ def load(model_dir: str | Path, config: Config, progress: Callable[[int, int], N
     # pages touched while loading do not count against the RAM budget.
     ckpt.close()
     model.prefetch_enabled = config.cache.prefetch
+    model.cuda_graphs = config.engine.cuda_graphs
     engine = Engine(model, config.engine.max_context, config.engine.max_batch, config.engine.prefill_chunk)
     log.info("loaded %s on %s (%s), experts via %s", model_dir, device, dtype, type(experts.kernel).__name__)
     return LoadedModel(ckpt, model, engine, experts, Path(model_dir))

@@ -334,6 +334,7 @@ class KimiModel(nn.Module):
         self.dtype = placement.dtype
         self.device = placement.embed_device  # where a step's input ids go
         self.prefetch_enabled = True
+        self.cuda_graphs = True  # decode steps replay per-layer CUDA graphs when layers sit on CUDA (decode_runner)
         self.routing_hooks: list[RoutingHook] = []
 
     # -- loading -------------------------------------------------------------------------------------------
@@ -439,6 +440,15 @@ class KimiModel(nn.Module):
     def _dispatch_hook(self, layer_idx: int, ids: torch.Tensor, predicted: torch.Tensor | None) -> None:
         for hook in self.routing_hooks:
             hook(layer_idx, ids, predicted)
+
+    def decode_runner(self, cache: KVCache):
+        """What the engine decodes with over `cache`: a `DecodeRunner` (each layer's GPU part between two expert
+        calls replayed as a CUDA graph) when `cuda_graphs` is on and a layer sits on CUDA; None: `forward`."""
+        if not self.cuda_graphs or all(d.type != "cuda" for d in self.placement.layer_devices):
+            return None
+        from kimi_local.model.decode_graphs import DecodeRunner
+
+        return DecodeRunner(self, cache, capture=True)
 
     def kv_bytes_per_token(self) -> int:
         return KVCache.bytes_per_token(self.config, self.dtype)
