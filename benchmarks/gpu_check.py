@@ -14,7 +14,9 @@
    * the absorbed MLA decode attention in GB/s of latent cache read.
    Weights rotate through enough copies to exceed 4x the L2 cache, so the numbers are DRAM numbers.
 3. Decode tokens/s on a checkpoint (the k2-slice preset has real Kimi layer shapes) through
-   `kimi-local generate --json`: two runs, 1 and N new tokens, so that load and prefill cancel out.
+   `kimi-local generate --json`: two runs, 2 and N new tokens, so that load, prefill and the first decode step
+   (CUDA graph capture, kernel compiles) cancel out; once with the per-layer CUDA graphs (the default) and once
+   with `--no-cuda-graphs`.
 
 Without CUDA it prints a message and exits 0. The exit status is 1 when the GPU tests fail.
 """
@@ -182,10 +184,10 @@ def run_gpu_tests() -> dict:
     return {"returncode": result.returncode, "summary": tail[-1] if tail else ""}
 
 
-def generate(model_dir: str, new_tokens: int) -> tuple[int, float]:
+def generate(model_dir: str, new_tokens: int, *flags: str) -> tuple[int, float]:
     """(tokens generated, seconds of prefill + decode) from one `kimi-local generate --json` run."""
     cmd = [sys.executable, "-m", "kimi_local", "generate", "--model", model_dir, "--prompt-ids", "1,2,3,4,5,6,7,8",
-           "--max-new-tokens", str(new_tokens), "--temperature", "0", "--json"]
+           "--max-new-tokens", str(new_tokens), "--temperature", "0", "--json", *flags]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {result.stderr.strip()[-2000:]}")
@@ -194,10 +196,13 @@ def generate(model_dir: str, new_tokens: int) -> tuple[int, float]:
 
 
 def decode_tokens_per_s(model_dir: str, new_tokens: int) -> dict:
-    num_one, one = generate(model_dir, 1)
-    num_many, many = generate(model_dir, new_tokens)
-    return {"model": model_dir, "new_tokens": num_many, "seconds_1": one, "seconds_n": many,
-            "decode_tokens_per_s": (num_many - num_one) / max(many - one, 1e-9)}
+    report: dict = {"model": model_dir}
+    for key, flags in (("decode_tokens_per_s", ()), ("decode_tokens_per_s_no_graphs", ("--no-cuda-graphs",))):
+        num_few, few = generate(model_dir, 2, *flags)
+        num_many, many = generate(model_dir, max(new_tokens, 3), *flags)
+        report.update({"new_tokens": num_many, key: (num_many - num_few) / max(many - few, 1e-9)})
+    report["graphs_speedup"] = report["decode_tokens_per_s"] / max(report["decode_tokens_per_s_no_graphs"], 1e-9)
+    return report
 
 
 def make_k2_slice(out_dir: str) -> str:
@@ -227,7 +232,8 @@ def print_report(report: dict) -> None:
               f"({row['of_copy']:.0%} of copy); torch float32 formula {row['torch_f32_us']:.1f} us")
     if "decode" in report:
         d = report["decode"]
-        print(f"decode on {d['model']}: {d['decode_tokens_per_s']:.2f} tokens/s")
+        print(f"decode on {d['model']}: {d['decode_tokens_per_s']:.2f} tokens/s with CUDA graphs, "
+              f"{d['decode_tokens_per_s_no_graphs']:.2f} without ({d['graphs_speedup']:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
