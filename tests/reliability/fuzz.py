@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as fixed_seed
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -101,7 +101,7 @@ def run_fuzz(doc: dict[str, Any], base_url: str, max_examples: int, seed: int | 
                                                                                    base_url, timeout))
             test = settings(max_examples=max_examples, deadline=None, database=None,
                             phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-                            print_blob=False)(test)
+                            print_blob=False, verbosity=Verbosity.quiet)(test)
             if seed is not None:
                 test = fixed_seed(seed)(test)
             try:
