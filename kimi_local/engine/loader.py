@@ -19,7 +19,8 @@ from kimi_local.model.checkpoint import Checkpoint
 from kimi_local.model.deepseek import KimiModel
 from kimi_local.model.placement import plan_placement
 from kimi_local.model.experts import ExpertSource, RoutedExperts, TorchReferenceExperts
-from kimi_local.sizing import resolve_gpu_memory_bytes, resolve_ram_cache_bytes, resolve_threads
+from kimi_local.footprint import footprint
+from kimi_local.sizing import plan_memory, probe_machine, resolve_gpu_memory_bytes, resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,12 @@ def load(model_dir: str | Path, config: Config, progress: Callable[[int, int], N
     ckpt = Checkpoint.open(model_dir)
     device = resolve_device(config.engine.device)
     dtype = resolve_dtype(config.engine.dtype, device)
+    plan = plan_memory(config, footprint(ckpt.config), probe_machine(model_dir))
+    if not plan.fits:  # refuse now, with the numbers, rather than be killed for memory later
+        ckpt.close()
+        raise ValueError(f"{model_dir}: this configuration does not fit this machine: {'; '.join(plan.problems)}")
     gpu_tier = int(config.cache.gpu_gb * (1 << 30)) if device.type == "cuda" else 0
-    experts = build_cached_experts(ckpt, config, model_dir, resolve_ram_cache_bytes(config, ckpt),
+    experts = build_cached_experts(ckpt, config, model_dir, plan.ram_cache_bytes,
                                    make_kernel(config), gpu_cache_bytes=gpu_tier,
                                    gpu_device=str(device) if gpu_tier else None)
     try:
