@@ -2,9 +2,9 @@
 
 Scheduling follows nano-vllm's split: requests wait in a queue until a KV slot is free; a running request first
 prefills its prompt in chunks of `prefill_chunk` tokens (one chunk per step, so a long prompt never builds a full
-score matrix and never stalls decoding for long), then decodes. Every step that is not a prefill chunk decodes one
-token for every running request in a single forward pass (continuous batching), so each MoE layer reads its
-experts once per step for all of them.
+score matrix; chunks alternate with decode steps, so it never stalls the running streams), then decodes. A decode
+step produces one token for every request past its prompt in a single forward pass (continuous batching), so each
+MoE layer reads its experts once per step for all of them.
 
 `step()` does one forward pass and returns what it produced. It is not thread-safe by itself; `add_request` and
 `abort` are, so a server thread can run `step()` in a loop while other threads submit and cancel.
@@ -84,6 +84,9 @@ class Engine:
     def __init__(self, model: KimiModel, max_context: int = 4096, max_batch: int = 8, prefill_chunk: int = 512):
         if max_context < 2:
             raise ValueError("max_context must be at least 2")
+        if max_context > model.config.max_position_embeddings:
+            raise ValueError(f"engine.max_context {max_context} exceeds the model's max_position_embeddings "
+                             f"{model.config.max_position_embeddings} (config.json)")
         self.model = model
         self.config = model.config
         self.max_context = max_context
@@ -103,6 +106,7 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
         self._free_slots = list(range(max_batch - 1, -1, -1))
+        self._last_was_prefill = False  # prefill chunks and decode steps alternate when both are due
 
     # -- intake (thread-safe) ------------------------------------------------------------------------------
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> Request:
@@ -170,22 +174,29 @@ class Engine:
         return outputs
 
     def step(self) -> list[StepOutput]:
-        """One forward pass: a prefill chunk of the oldest request still prefilling, else a decode batch."""
+        """One forward pass: a prefill chunk of the oldest request still prefilling, or one decode token for every
+        request past its prompt. When both are waiting they alternate, so a long prompt slows running streams
+        down by at most one chunk per token instead of stopping them."""
         outputs = self._intake()
         prefilling = next((r for r in self._running if r.num_prefilled < len(r.prompt_ids)), None)
+        decoding = [r for r in self._running if r.output_ids]
+        if prefilling is not None and not (decoding and self._last_was_prefill):
+            self._last_was_prefill = True
+            try:
+                logits = self._prefill_forward(prefilling)
+            except Exception as exc:  # a failing step fails its requests, never the engine
+                log.exception("prefill of request %d failed", prefilling.request_id)
+                return outputs + [self._fail(prefilling, exc)]
+            return outputs + ([self._emit(prefilling, logits)] if logits is not None else [])
+        self._last_was_prefill = False
+        if not decoding:
+            return outputs
         try:
-            if prefilling is not None:
-                outputs += self._prefill_step(prefilling)
-            elif self._running:
-                outputs += self._decode_step(list(self._running))
-        except Exception as exc:  # a failing step fails its requests, never the engine
-            log.exception("engine step failed")
-            if prefilling is None and len(self._running) > 1:
-                return outputs + self._decode_alone(list(self._running))
-            victims = [prefilling] if prefilling is not None else list(self._running)
-            for request in victims:
-                outputs.append(self._fail(request, exc))
-        return outputs
+            logits = self._decode_forward(decoding)
+        except Exception:
+            log.exception("decode step failed")
+            return outputs + self._decode_alone(decoding)
+        return outputs + [self._emit(r, logits[i]) for i, r in enumerate(decoding)]
 
     def _fail(self, request: Request, exc: Exception) -> StepOutput:
         self._finish(request, "error", f"{type(exc).__name__}: {exc}")
@@ -198,13 +209,16 @@ class Engine:
         outputs = []
         for request in requests:
             try:
-                outputs += self._decode_step([request])
+                logits = self._decode_forward([request])
             except Exception as exc:
                 log.exception("decode of request %d failed", request.request_id)
                 outputs.append(self._fail(request, exc))
+                continue
+            outputs.append(self._emit(request, logits[0]))
         return outputs
 
-    def _prefill_step(self, request: Request) -> list[StepOutput]:
+    def _prefill_forward(self, request: Request) -> torch.Tensor | None:
+        """Runs the next chunk of `request`'s prompt; the last chunk returns the logits of its last token."""
         start = request.num_prefilled
         chunk = request.prompt_ids[start : start + self.prefill_chunk]
         n = len(chunk)
@@ -220,11 +234,9 @@ class Engine:
         self.stats.prefill_seconds += time.perf_counter() - t0
         self.stats.prompt_tokens += n
         request.num_prefilled += n
-        if request.num_prefilled < len(request.prompt_ids):
-            return []
-        return [self._emit(request, logits[0])]
+        return logits[0] if request.num_prefilled == len(request.prompt_ids) else None
 
-    def _decode_step(self, requests: list[Request]) -> list[StepOutput]:
+    def _decode_forward(self, requests: list[Request]) -> torch.Tensor:
         device = self.model.device
         batch = Batch(
             torch.tensor([r.output_ids[-1] for r in requests], device=device),
@@ -239,10 +251,15 @@ class Engine:
             logits = self.model(batch, self.cache)
         self.stats.decode_seconds += time.perf_counter() - t0
         self.stats.decode_steps += 1
-        return [self._emit(r, logits[i]) for i, r in enumerate(requests)]
+        return logits
 
     def _emit(self, request: Request, logits: torch.Tensor) -> StepOutput:
-        token, logprobs = sample(logits, request.params, request.generator)
+        """Samples `request`'s next token; a failure here (e.g. non-finite logits) fails this request alone."""
+        try:
+            token, logprobs = sample(logits, request.params, request.generator)
+        except Exception as exc:
+            log.exception("sampling for request %d failed", request.request_id)
+            return self._fail(request, exc)
         request.output_ids.append(token)
         self.stats.generated_tokens += 1
         if request.first_token_time is None:

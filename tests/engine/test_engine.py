@@ -117,3 +117,47 @@ def test_sampling_filters():
 def test_bad_sampling_params(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)
+
+
+def test_a_long_prefill_alternates_with_decoding(model):
+    engine = Engine(model, 128, max_batch=2, prefill_chunk=4)
+    streaming = engine.add_request(PROMPT, SamplingParams(temperature=0, max_new_tokens=40))
+    while not streaming.output_ids:
+        engine.step()
+    long_prompt = engine.add_request(list(range(1, 41)), SamplingParams(temperature=0, max_new_tokens=2))
+    before = len(streaming.output_ids)
+    steps = 0
+    while long_prompt.num_prefilled < 40:
+        engine.step()
+        steps += 1
+    # 10 chunks of 4 tokens, each followed by a decode step for the running stream
+    assert len(streaming.output_ids) - before >= 9
+    alone = list(Engine(model, 128, 1).generate(PROMPT, SamplingParams(temperature=0, max_new_tokens=40)))
+    run_all(engine)
+    assert streaming.output_ids == alone
+
+
+def test_a_sampling_failure_fails_that_request_only(model, monkeypatch):
+    import kimi_local.engine.engine as engine_module
+
+    engine = Engine(model, 64, max_batch=2)
+    a = engine.add_request(PROMPT, SamplingParams(temperature=0, max_new_tokens=4))
+    b = engine.add_request(PROMPT[:3], SamplingParams(temperature=0.7, max_new_tokens=4))
+    while not (a.output_ids and b.output_ids):
+        engine.step()
+    real = engine_module.sample
+
+    def flaky(logits, params, generator):
+        if params.temperature == 0.7:
+            raise RuntimeError("probability tensor contains inf or nan")
+        return real(logits, params, generator)
+
+    monkeypatch.setattr(engine_module, "sample", flaky)
+    seen: dict[int, list] = {a.request_id: [], b.request_id: []}
+    for out in run_all(engine):
+        seen[out.request_id].append(out)
+    assert b.finish_reason == "error" and "nan" in b.error
+    assert a.finish_reason == "length" and len(a.output_ids) == 4
+    # every token the model consumed for `a` reached its stream, and the stream ended
+    assert [o.token_id for o in seen[a.request_id]] == a.output_ids[-len(seen[a.request_id]):]
+    assert seen[a.request_id][-1].finish_reason == "length"
