@@ -8,7 +8,9 @@ them. Around that it
 - splits the step when it needs more experts than the RAM budget holds at once (a long prefill chunk on a
   small budget): the experts go in groups that fit, each token row masked to the experts of the group;
 - sends the experts that sit in the GPU tier (if any) to the GPU kernel, running it while the CPU kernel does
-  the rest; the two partial sums add up to the step's output.
+  the rest; the two partial sums add up to the step's output. The experts the tier wants next are computed on
+  the CPU this step and copied to the GPU from their leased RAM slots after the CPU kernel: the promotion
+  makes no store call of its own, so it neither counts as a lookup nor disturbs prefetch and prediction.
 """
 
 from __future__ import annotations
@@ -52,21 +54,21 @@ class CachedExperts:
         mass = np.bincount(ids.reshape(-1), weights=weights.reshape(-1), minlength=int(experts.max()) + 1)[experts]
         self.store.record_routing(layer_idx, experts, counts.astype(np.float64), mass, ids.shape[0])
         tier = self.store.gpu_tier
-        gpu_out = None
-        if tier is not None:
-            tier.observe(self.store, layer_idx, experts, counts)
-            on_gpu = tier.contains(layer_idx, experts)
-            if on_gpu.any():
-                gpu_out = tier.compute(layer_idx, x, topk_ids, topk_weights)  # async on CUDA
-                cpu_experts = experts[~on_gpu]
-                keep = np.isin(ids, cpu_experts)
-                if not keep.any():
-                    return gpu_out
-                return gpu_out + self._cpu(layer_idx, x, ids, weights, cpu_experts, counts[~on_gpu], keep)
-        return self._cpu(layer_idx, x, ids, weights, experts, counts, None)
+        if tier is None:
+            return self._cpu(layer_idx, x, ids, weights, experts, counts, None, [])
+        promote = tier.observe(layer_idx, ids)  # copied in below, from this step's own leases
+        on_gpu = tier.contains(layer_idx, experts)
+        if not on_gpu.any():
+            return self._cpu(layer_idx, x, ids, weights, experts, counts, None, promote)
+        gpu_out = tier.compute(layer_idx, x, topk_ids, topk_weights)  # async on CUDA
+        cpu_experts = experts[~on_gpu]
+        keep = np.isin(ids, cpu_experts)
+        if not keep.any():
+            return gpu_out
+        return gpu_out + self._cpu(layer_idx, x, ids, weights, cpu_experts, counts[~on_gpu], keep, promote)
 
     def _cpu(self, layer_idx: int, x: torch.Tensor, ids: np.ndarray, weights: np.ndarray, experts: np.ndarray,
-             counts: np.ndarray, keep: np.ndarray | None) -> torch.Tensor:
+             counts: np.ndarray, keep: np.ndarray | None, promote: list[int]) -> torch.Tensor:
         room = self.store.max_lease
         if len(experts) > room:
             self.store.drop_prefetch_holds()
@@ -74,7 +76,7 @@ class CachedExperts:
             if room < 1:
                 raise StoreError(f"layer {layer_idx}: no RAM expert slot is free to compute with")
         if len(experts) <= room and keep is None:
-            return self._group(layer_idx, x, ids, weights, experts, counts)
+            return self._group(layer_idx, x, ids, weights, experts, counts, promote)
         out = torch.zeros_like(x)
         for start in range(0, len(experts), room):
             group = experts[start : start + room]
@@ -87,18 +89,22 @@ class CachedExperts:
             sub_ids = np.where(member[rows], ids[rows], fill[:, None])
             sub_w = np.where(member[rows], weights[rows], 0.0).astype(np.float32)
             rows_t = torch.from_numpy(rows).to(x.device)
-            part = self._group(layer_idx, x[rows_t], sub_ids, sub_w, group, counts[start : start + room])
+            part = self._group(layer_idx, x[rows_t], sub_ids, sub_w, group, counts[start : start + room], promote)
             out.index_add_(0, rows_t, part)
         return out
 
     def _group(self, layer_idx: int, x: torch.Tensor, ids: np.ndarray, weights: np.ndarray, experts: np.ndarray,
-               counts: np.ndarray) -> torch.Tensor:
+               counts: np.ndarray, promote: list[int]) -> torch.Tensor:
         leased = self.store.acquire(layer_idx, experts.tolist(), counts.tolist())
         try:
             self._source.layer_idx = layer_idx
             self._source.weights = dict(zip(experts.tolist(), leased))
-            return self.kernel(layer_idx, x, torch.from_numpy(np.ascontiguousarray(ids)).to(x.device),
-                               torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).to(x.device))
+            out = self.kernel(layer_idx, x, torch.from_numpy(np.ascontiguousarray(ids)).to(x.device),
+                              torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).to(x.device))
+            for expert_id in promote:  # GPU tier: copy from the slot this step leased anyway
+                if expert_id in self._source.weights:
+                    self.store.gpu_tier.promote(layer_idx, expert_id, self._source.weights[expert_id])
+            return out
         finally:
             self._source.weights = {}
             self.store.release(layer_idx, experts.tolist())

@@ -4,11 +4,14 @@ With a GPU, the experts used on most tokens are cheaper to run where attention r
 (`kernels/triton_moe.py`) reads their block-fp8 weights at GPU bandwidth while the CPU computes the rest. The
 tier is a `StackedExperts` of `num_slots` slots plus a `[layers, experts]` table of slot ids (-1: not here).
 
-Placement follows routing statistics: each layer step adds its tokens to a decayed per-expert heat (half-life
-`half_life_tokens`); after the step's routing is known, the hottest expert of the step that is not on the GPU
-is copied in (from its RAM slot) when a slot is free or when it is hotter than the coldest resident by
-`hysteresis`. At most `max_promotions` copies per layer step keep the host-to-device traffic bounded. A copy
-on the GPU does not pin the RAM copy: the RAM tier decides on its own.
+Placement follows routing statistics: a `RoutingStats` (the same decayed per-layer expert counts the metrics
+show, half-life `half_life_tokens`) gets each layer step's routing. `observe` names the step's hottest experts
+that are not on the GPU (at most `max_promotions` per layer step, which keeps the host-to-device traffic
+bounded); the backend computes them on the CPU this step, as usual, and while their RAM slots are leased for
+that, `promote` copies each in when a GPU slot is free or when it is hotter than the coldest resident by
+`hysteresis`. So a promotion costs the RAM tier nothing: no extra lookup, read or lease, and the step's
+prefetch and prediction accounting stays what it is without a GPU tier. A copy on the GPU does not pin the RAM
+copy: the RAM tier decides on its own (and prefetch skips experts that sit here).
 
 On a CPU device (tests) it computes with `fused_moe_reference`, the same sum one expert at a time.
 """
@@ -18,7 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from kimi_local.engine.routing_stats import RoutingStats
 from kimi_local.model.config import ModelConfig
+from kimi_local.model.experts import ExpertWeights
 from kimi_local.model.fp8 import scale_grid_shape
 
 
@@ -42,8 +47,7 @@ class GpuTier:
         self.slot_of = torch.full((self.num_layers, self.num_experts), -1, dtype=torch.int32, device=self.device)
         self.host_slot_of = np.full((self.num_layers, self.num_experts), -1, dtype=np.int64)
         self.key_of_slot = np.full(num_slots, -1, dtype=np.int64)
-        self.heat = np.zeros((self.num_layers, self.num_experts))
-        self.decay = 0.5 ** (1.0 / half_life_tokens)
+        self.stats = RoutingStats(self.num_layers, self.num_experts, half_life_tokens=half_life_tokens)
         self.hysteresis = hysteresis
         self.max_promotions = max_promotions
         self.payload_bytes = expert_payload_bytes(config)
@@ -64,36 +68,41 @@ class GpuTier:
     def contains(self, layer_idx: int, expert_ids: np.ndarray) -> np.ndarray:
         return self.host_slot_of[layer_idx, expert_ids] >= 0
 
-    def observe(self, store, layer_idx: int, expert_ids: np.ndarray, counts: np.ndarray) -> None:
-        """Account one layer step's routing and promote its hottest missing expert(s)."""
-        num_tokens = max(1, int(counts.sum()) // max(1, store.top_k))
-        self.heat[layer_idx] *= self.decay**num_tokens
-        self.heat[layer_idx, expert_ids] += counts
-        missing = expert_ids[~self.contains(layer_idx, expert_ids)]
+    def observe(self, layer_idx: int, ids: np.ndarray) -> list[int]:
+        """Account one layer step's routing (`ids`: [tokens, k]); return the experts to `promote` once the CPU
+        has them leased for this step: its hottest experts not on the GPU, hottest first."""
+        self.stats(layer_idx, ids)
+        experts = np.unique(ids)
+        missing = experts[~self.contains(layer_idx, experts)]
         if missing.size == 0:
-            return
-        order = missing[np.argsort(-self.heat[layer_idx, missing], kind="stable")][: self.max_promotions]
-        for expert_id in order.tolist():
-            slot = self._slot_for(self.heat[layer_idx, expert_id])
-            if slot is None:
-                break
-            with store.lease(layer_idx, [expert_id]) as (weights,):
-                self.stacked.load_slot(slot, weights)
-            old = int(self.key_of_slot[slot])
-            if old >= 0:
-                self.host_slot_of.reshape(-1)[old] = -1
-                self.slot_of.view(-1)[old] = -1
-            key = layer_idx * self.num_experts + expert_id
-            self.key_of_slot[slot] = key
-            self.host_slot_of[layer_idx, expert_id] = slot
-            self.slot_of[layer_idx, expert_id] = slot
-            self.promotions += 1
+            return []
+        heat = self.stats.counts_at(layer_idx, missing)
+        order = np.argsort(-heat, kind="stable")[: self.max_promotions]
+        return [int(missing[i]) for i in order if self._slot_for(heat[i]) is not None]
+
+    def promote(self, layer_idx: int, expert_id: int, weights: ExpertWeights) -> bool:
+        """Copy an expert in from its (leased) RAM slot if it earns a GPU slot; True when it did."""
+        if self.host_slot_of[layer_idx, expert_id] >= 0:
+            return False
+        slot = self._slot_for(float(self.stats.counts_at(layer_idx, expert_id)))
+        if slot is None:
+            return False
+        self.stacked.load_slot(slot, weights)
+        old = int(self.key_of_slot[slot])
+        if old >= 0:
+            self.host_slot_of.reshape(-1)[old] = -1
+            self.slot_of.view(-1)[old] = -1
+        self.key_of_slot[slot] = layer_idx * self.num_experts + expert_id
+        self.host_slot_of[layer_idx, expert_id] = slot
+        self.slot_of[layer_idx, expert_id] = slot
+        self.promotions += 1
+        return True
 
     def _slot_for(self, heat: float) -> int | None:
         free = np.flatnonzero(self.key_of_slot < 0)
         if free.size:
             return int(free[0])
-        resident_heat = self.heat.reshape(-1)[self.key_of_slot]
+        resident_heat = self.stats.counts_at(*np.divmod(self.key_of_slot, self.num_experts))
         coldest = int(np.argmin(resident_heat))
         return coldest if heat > self.hysteresis * resident_heat[coldest] else None
 

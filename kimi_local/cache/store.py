@@ -9,7 +9,8 @@ Protocol. A compute kernel reads an expert's slot while it runs, so the slot mus
 `release(layer, expert_ids)` (or use `with store.lease(...)`). `get_expert(layer, e)` (the `ExpertSource`
 interface) leases implicitly until the first lookup of another layer, which is when a layer-by-layer model is
 done with the previous one. `prefetch(layer, ids)` starts reads without waiting; prefetched experts are held
-until that layer's acquire (or another layer's), so a miss of the current layer does not evict them.
+until that layer's acquire (or another layer's), so a miss of the current layer does not evict them. Experts
+in the GPU tier are left out of prefetch: the GPU computes them, so a read or a slot for them would be waste.
 
 Concurrency. One lock guards the tables; reads run on `num_io_threads` threads outside it (os.preadv
 releases the GIL). A key being read has an in-flight entry with a future: a second request for it waits for
@@ -206,15 +207,18 @@ class ExpertStore:
 
     # -- prefetch --------------------------------------------------------------------------------------------
     def prefetch(self, layer_idx: int, expert_ids) -> None:
-        """Start reading the experts predicted for `layer_idx`'s next step (best effort, never blocks on I/O)."""
+        """Start reading the experts predicted for `layer_idx`'s next step (best effort, never blocks on I/O).
+        Experts in the GPU tier are computed there: they are neither read nor held."""
         ids = np.unique(np.asarray(expert_ids.cpu() if hasattr(expert_ids, "cpu") else expert_ids).reshape(-1))
         keys = [self._key(layer_idx, int(e)) for e in ids]
+        if self.gpu_tier is not None:
+            ids = ids[~self.gpu_tier.contains(layer_idx, ids)]
         with self._lock:
             self._release_held(keep=None, only=layer_idx)
             self._predicted[layer_idx] = set(keys)
             started = self._prefetch_read.setdefault(layer_idx, set())
             held = self._held.setdefault(layer_idx, [])
-            for key in keys:
+            for key in (self._key(layer_idx, int(e)) for e in ids):
                 if self._num_leased >= self.arena.num_slots // 2:
                     break  # keep half the slots for the layer step that runs meanwhile
                 entry = self._entries.get(key)

@@ -132,6 +132,12 @@ class RoutingStats:
             self._predicted_total += total
 
     # -- readers (any thread) ------------------------------------------------------------------------
+    def counts_at(self, layer_ids, expert_ids) -> np.ndarray:
+        """The raw decayed counts at (layer, expert) pairs, indexed like numpy (arrays broadcast); a copy.
+        Unlike `load` these are not normalised per layer, so they compare across layers (the GPU tier's heat)."""
+        with self._lock:
+            return np.array(self._counts[layer_ids, expert_ids], dtype=np.float64)
+
     def snapshot(self) -> RoutingSnapshot:
         rows = list(self.layer_ids)
         with self._lock:

@@ -118,3 +118,14 @@ def test_hook_on_the_tiny_model(tiny_checkpoint):
         assert snap.prefetch_recall is not None and 0.0 <= snap.prefetch_recall <= 1.0
     stats.detach(model)
     assert stats not in model.routing_hooks
+
+
+def test_counts_at_reads_the_raw_decayed_counts_across_layers():
+    """What the GPU tier ranks experts by: unnormalised, so a busy layer's expert outranks a quiet one's."""
+    stats = RoutingStats(num_layers=3, num_experts=4, half_life_tokens=2)
+    stats(1, np.array([[0, 1]] * 4))
+    stats(2, np.array([[2, 3]]))
+    stats(2, np.array([[2, 0]]))
+    assert stats.counts_at(1, 0) == pytest.approx(4.0)
+    assert stats.counts_at(2, np.array([2, 3, 0])) == pytest.approx([1 + 0.5**0.5, 0.5**0.5, 1.0])
+    assert stats.counts_at(np.array([1, 2]), np.array([1, 1])) == pytest.approx([4.0, 0.0])
