@@ -9,7 +9,7 @@ import psutil
 
 from tests.reliability.soak import RssSampler
 
-OVERHEAD = 32 << 20  # what serving itself may add under load (request objects, buffers, allocator slack)
+OVERHEAD = 24 << 20  # what serving itself may add under load (request objects, buffers, allocator slack)
 
 
 def stream_from_disk(running, target_bytes: int, clients: int = 4) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ from tests.reliability.atomic import (
 )
 
 
-@pytest.mark.parametrize("kind, kills", [("profile", 6), ("conversation", 2)])
+@pytest.mark.parametrize("kind, kills", [("profile", 4), ("conversation", 2)])
 def test_killed_writer_leaves_a_whole_file(tmp_path, kind, kills):
     report = kill_while_writing(kind, tmp_path, kills, seed=kills)
     assert report.survived, report.problems
@@ -26,7 +26,7 @@ def test_killed_writer_leaves_a_whole_file(tmp_path, kind, kills):
 
 def test_the_kill_harness_catches_an_in_place_writer(tmp_path):
     """Writing the file where it lies tears it when killed: the harness must see that."""
-    report = kill_while_writing("in-place profile", tmp_path, 8, seed=3)
+    report = kill_while_writing("in-place profile", tmp_path, 4, seed=3)
     assert not report.survived
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.reliability.soak import run_soak
 
-SECONDS = 6.0
+SECONDS = 4.0
 CLIENTS = 16
 RSS_GROWTH_BOUND = 64 << 20
 
