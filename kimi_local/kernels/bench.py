@@ -93,8 +93,8 @@ def run_benchmark(sizes: BenchSizes = FULL, threads: int = 2, seed: int = 0) -> 
     try:
         rng = np.random.default_rng(seed)
         experts = [random_expert(sizes, rng) for _ in range(sizes.experts_per_token)]
-        decode = _decode_figures(sizes, threads, experts, rng)
-        prefill = _prefill_figures(sizes, threads, experts[0], rng)
+        decode = _decode_figures(sizes, experts, rng)
+        prefill = _prefill_figures(sizes, experts[0], rng)
     finally:
         torch.set_num_threads(previous_torch)
         numba.set_num_threads(previous_numba)
@@ -107,8 +107,7 @@ def run_benchmark(sizes: BenchSizes = FULL, threads: int = 2, seed: int = 0) -> 
     }
 
 
-def _decode_figures(sizes: BenchSizes, threads: int, base: list[ExpertWeights],
-                    rng: np.random.Generator) -> dict[str, float]:
+def _decode_figures(sizes: BenchSizes, base: list[ExpertWeights], rng: np.random.Generator) -> dict[str, float]:
     k = len(base)
     set_bytes = sum(w.nbytes for w in base)
     num_weights = sum(w.gate_q.size + w.up_q.size + w.down_q.size for w in base)
@@ -122,7 +121,7 @@ def _decode_figures(sizes: BenchSizes, threads: int, base: list[ExpertWeights],
     ids = np.arange(k)
 
     def ours(experts):
-        return moe_forward(x, ids[None, :], routing_weights, ids, experts, threads)
+        return moe_forward(x, ids[None, :], routing_weights, ids, experts)
 
     def theirs(experts):
         return torch_experts(x_bf16, experts, routing_weights[0].tolist())
@@ -144,7 +143,7 @@ def _decode_figures(sizes: BenchSizes, threads: int, base: list[ExpertWeights],
     }
 
 
-def _prefill_figures(sizes: BenchSizes, threads: int, expert: ExpertWeights,
+def _prefill_figures(sizes: BenchSizes, expert: ExpertWeights,
                      rng: np.random.Generator) -> dict[str, dict[str, float]]:
     fp32 = [dequantized(expert, torch.float32)]
     flops_per_token = 2 * 3 * sizes.inter * sizes.hidden
@@ -153,7 +152,7 @@ def _prefill_figures(sizes: BenchSizes, threads: int, expert: ExpertWeights,
         x = rng.standard_normal((tokens, sizes.hidden), dtype=np.float32)
         x_torch = torch.from_numpy(x)
         ids, weights = np.zeros((tokens, 1), np.int64), np.ones((tokens, 1), np.float32)
-        run_ours = lambda: moe_forward(x, ids, weights, [0], [expert], threads)  # noqa: E731
+        run_ours = lambda: moe_forward(x, ids, weights, [0], [expert])  # noqa: E731
         run_theirs = lambda: torch_experts(x_torch, fp32, [1.0])  # noqa: E731
         run_ours(), run_theirs()
         ours_s, theirs_s = [], []

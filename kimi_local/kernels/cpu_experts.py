@@ -55,5 +55,5 @@ class NumbaExperts:
         xs = x.detach().to("cpu", torch.float32).contiguous().numpy()
         weights = topk_weights.detach().to("cpu", torch.float32).contiguous().numpy()
         numba.set_num_threads(self.num_threads)
-        out = moe_forward(xs, ids, weights, expert_ids, experts, self.num_threads)
+        out = moe_forward(xs, ids, weights, expert_ids, experts)
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)

@@ -1,18 +1,18 @@
 """Prefill: the block-fp8 GEMM `Y = X W^T` for a batch of tokens that use the same weight.
 
-With many tokens the arithmetic, not the weight stream, is the cost, so each weight element is decoded once
-and reused for every token. A work item owns `ROWS_PER_TASK` weight rows and walks K in chunks of
-`K_CHUNK` columns:
+With many tokens the arithmetic, not the weight stream, is the cost, so each weight is decoded once and reused
+for every token, in the BLAS broadcast form:
 
-1. `decode_tile` turns the rows' codes for the chunk into true float32 values, block scale applied, in a small
-   tile (64 rows x 512 columns: 128 KiB, it stays in L2), zero-padded past K and past the last row;
-2. `f32_tile_dot` (the micro-kernel, `cpu_simd`) computes a TILE_TOKENS x TILE_ROWS block of dot products
-   between activation rows and tile rows per call, and adds them to per-lane partial sums `acc[t, j, lane]`;
-3. after the last chunk, each output is the sum of its lanes.
+* activations are packed into panels of LANES tokens, transposed (`pack_activations`: panel [K, LANES], one
+  token per vector lane);
+* a block of up to GEMM_ROWS weight rows walks K in chunks of K_CHUNK columns; per chunk `decode_tile` turns
+  the block's codes into true float32 values (block scale applied) in a small tile, 192 x 128 floats, zero
+  past K and past the last row;
+* the micro-kernel `f32_tile` (`cpu_simd`) then broadcasts each tile value against a panel row and keeps
+  TILE_ROWS x LANES sums in registers over the whole chunk, adding them to the output block at the end.
 
-Activations are read through a row-index array (`a_rows`), so the caller can point at the tokens routed to an
-expert without gathering them; it pads that array to a multiple of TILE_TOKENS by repeating a valid row, and
-the activations' width to a multiple of LANES with zeros, so the micro-kernel never needs a tail.
+The tile and the panels' chunk slice stay in L2 while every panel and every TILE_ROWS group of the block goes
+by, so a panel is read from memory once per block of rows, and a weight byte once in all.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from kimi_local.kernels.cpu_simd import (
 )
 from kimi_local.model.fp8 import BLOCK, dequantize
 
-ROWS_PER_TASK = 2 * TILE_ROWS
+# A block of GEMM_ROWS weight rows x K_CHUNK columns is decoded at a time: 192 x 128 float32 = 96 KiB, in L2
+# with the activation panels' K_CHUNK slice, so the panels stream from memory once per block, not per tile.
+GEMM_ROWS = 8 * TILE_ROWS
 K_CHUNK = 128
 
 
@@ -37,11 +39,11 @@ def round_up(n: int, multiple: int) -> int:
 
 @jit
 def decode_tile(codes, scales, r0, r1, k0, klen, tile):
-    """tile[j, i] = W[r0 + j, k0 + i] for i < klen; zero where r0 + j >= r1 or k0 + i >= K.
-    (Indices, not row views: this runs once per row and K chunk, so per-call overhead counts.)"""
+    """tile[j, i] = W[r0 + j, k0 + i] for i < klen and j < r1 - r0 rounded up to TILE_ROWS; zero where
+    r0 + j >= r1 or k0 + i >= K. (Indices, not row views: this runs per row and K chunk, overhead counts.)"""
     num_cols = codes.shape[1]
     k_end = min(num_cols, k0 + klen)
-    for j in range(tile.shape[0]):
+    for j in range((r1 - r0 + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS):
         r = r0 + j
         if r >= r1:
             tile[j, :klen] = 0.0
@@ -65,7 +67,8 @@ def gemm_rows(codes, scales, panels, r0, r1, tile, out):
     """out[p, j, l] = sum_k W[r0 + j, k] * panels[p, k, l] for j < r1 - r0, every panel p and lane l.
 
     panels: float32 [P, K, LANES], the activations of P * LANES tokens packed by `pack_activations`;
-    tile: float32 [rows rounded up to TILE_ROWS, >= min(K_CHUNK, K)] scratch; out: float32 [P, tile rows, LANES]."""
+    tile: float32 [>= rows rounded up to TILE_ROWS, >= min(K_CHUNK, K)] scratch; out: float32 [P, >= that
+    many rows, LANES]."""
     num_cols = codes.shape[1]
     out[:] = 0.0
     for k0 in range(0, num_cols, K_CHUNK):
@@ -74,19 +77,19 @@ def gemm_rows(codes, scales, panels, r0, r1, tile, out):
         for p in range(panels.shape[0]):
             panel = panels[p]
             out_p = out[p]
-            for j0 in range(0, tile.shape[0], TILE_ROWS):
+            for j0 in range(0, r1 - r0, TILE_ROWS):
                 f32_tile(panel, k0, tile, j0, klen, out_p)
 
 
 @parallel_jit
 def _fp8_gemm(codes, scales, panels, y):
     num_rows = codes.shape[0]
-    num_tasks = (num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    num_tasks = (num_rows + GEMM_ROWS - 1) // GEMM_ROWS
     for task in prange(num_tasks):
-        r0 = task * ROWS_PER_TASK
-        r1 = min(num_rows, r0 + ROWS_PER_TASK)
-        tile = np.empty((ROWS_PER_TASK, min(K_CHUNK, codes.shape[1])), np.float32)
-        part = np.empty((panels.shape[0], ROWS_PER_TASK, LANES), np.float32)
+        r0 = task * GEMM_ROWS
+        r1 = min(num_rows, r0 + GEMM_ROWS)
+        tile = np.empty((GEMM_ROWS, min(K_CHUNK, codes.shape[1])), np.float32)
+        part = np.empty((panels.shape[0], GEMM_ROWS, LANES), np.float32)
         gemm_rows(codes, scales, panels, r0, r1, tile, part)
         for t in range(y.shape[0]):
             y[t, r0:r1] = part[t // LANES, : r1 - r0, t % LANES]

@@ -7,8 +7,9 @@ for all experts used in the layer at once, weights in native block-fp8 (`ExpertW
 Work is split by weight rows, never by expert, so both cores stay busy whatever the routing skew: phase 1
 splits the I gate/up rows into equal runs and every work item computes its run for *every* used expert; phase
 2 does the same with the H down rows, and since an item owns its output columns for all tokens it adds the
-weighted expert outputs without races, in a fixed order (deterministic). Per expert the item picks one of two
-kernels by how many tokens the expert got:
+weighted expert outputs without races, in a fixed order (deterministic, whatever the thread count). Items are
+handed out by a shared counter (`cpu_sched`), so a thread that loses its core for a while takes fewer. Per
+expert the item picks one of two kernels by how many tokens the expert got:
 
 * up to GEMV_MAX_TOKENS (decode, and small prefill batches): `gemv_rows`, the weight-streaming GEMV (decode
   in registers, once per 4 tokens, the rows in L1 across the tokens);
@@ -26,13 +27,15 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import numba
 from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_arrays
-from kimi_local.kernels.cpu_gemm import K_CHUNK, gemm_rows, round_up
+from kimi_local.kernels.cpu_gemm import GEMM_ROWS, K_CHUNK, gemm_rows, round_up
 from kimi_local.kernels.cpu_gemv import gemv_rows
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_simd import DOT_TOKENS, LANES, TILE_ROWS
+from kimi_local.kernels.cpu_sched import next_item
+from kimi_local.kernels.cpu_simd import DOT_TOKENS, LANES
 from kimi_local.kernels.cpu_views import address_of, f32_matrix_at, u8_matrix_at
 from kimi_local.model.experts import ExpertWeights
 from kimi_local.model.fp8 import BLOCK, dequantize
@@ -41,6 +44,7 @@ from kimi_local.model.fp8 import BLOCK, dequantize
 # per DOT_TOKENS tokens, the GEMM once in all but pays a full LANES-wide FMA per weight and panel: on AVX-512
 # they cost the same at 13-14 tokens (`kimi-local bench kernels` shapes, one thread).
 GEMV_MAX_TOKENS = 3 * DOT_TOKENS
+ITEMS_PER_THREAD = 4  # row items per phase and thread, handed out dynamically
 ROW_ALIGN = 16  # work items start at multiples of this (even, for the GEMV's row pairs)
 
 
@@ -100,6 +104,15 @@ def item_bounds(item, num_items, num_rows):
 
 
 @jit
+def largest_item(num_items, num_rows):
+    size = 0
+    for item in range(num_items):
+        begin, end = item_bounds(item, num_items, num_rows)
+        size = max(size, end - begin)
+    return size
+
+
+@jit
 def largest_groups(panel_offsets, row_offsets):
     """The most panels and the most GEMV rows any one expert has (at least 1: scratch sizes)."""
     max_panels, max_rows = 1, 1
@@ -116,20 +129,24 @@ def silu_mul(g, u):
 
 @parallel_jit
 def _pack_inputs(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows):
-    """Phase 0: activations of tiled experts into LANES-token panels [K, LANES], the others into rows."""
-    num_experts = starts.size - 1
-    for e in prange(num_experts):
-        s0, s1 = starts[e], starts[e + 1]
-        if panel_offsets[e + 1] > panel_offsets[e]:
-            for m in range(s0, s1):
-                panel = x_panels[panel_offsets[e] + (m - s0) // LANES]
-                lane = (m - s0) % LANES
+    """Phase 0: activations of tiled experts into LANES-token panels [K, LANES], the others into rows; split
+    by columns, so the copy is parallel even when one expert has every token."""
+    hidden = x.shape[1]
+    for chunk in prange((hidden + K_CHUNK - 1) // K_CHUNK):
+        k0 = chunk * K_CHUNK
+        k1 = min(hidden, k0 + K_CHUNK)
+        for e in range(starts.size - 1):
+            s0 = starts[e]
+            tiled = panel_offsets[e + 1] > panel_offsets[e]
+            for m in range(s0, starts[e + 1]):
                 src = x[tokens[m]]
-                for k in range(src.size):
-                    panel[k, lane] = src[k]
-        else:
-            for m in range(s0, s1):
-                x_rows[row_offsets[e] + m - s0] = x[tokens[m]]
+                if tiled:
+                    panel = x_panels[panel_offsets[e] + (m - s0) // LANES]
+                    lane = (m - s0) % LANES
+                    for k in range(k0, k1):
+                        panel[k, lane] = src[k]
+                else:
+                    x_rows[row_offsets[e] + m - s0, k0:k1] = src[k0:k1]
 
 
 @jit
@@ -140,91 +157,116 @@ def expert_matrices(addresses, e, rows, cols):
     return codes, scales
 
 
+@jit
+def _gate_up_rows(gate, up, inter, hidden, starts, panel_offsets, row_offsets, x_panels, x_rows, h_panels, h_rows,
+                  r_begin, r_end, tile, g_tile, u_tile, xs, g_rows, u_rows):
+    """One work item of phase 1: h[:, r_begin:r_end] = silu(gate x) * up x for every expert with tokens."""
+    for e in range(starts.size - 1):
+        count = starts[e + 1] - starts[e]
+        if count == 0:
+            continue
+        gate_q, gate_s = expert_matrices(gate, e, inter, hidden)
+        up_q, up_s = expert_matrices(up, e, inter, hidden)
+        p0, p1 = panel_offsets[e], panel_offsets[e + 1]
+        if p1 > p0:
+            xp = x_panels[p0:p1]
+            hp = h_panels[p0:p1]
+            for r0 in range(r_begin, r_end, GEMM_ROWS):
+                r1 = min(r_end, r0 + GEMM_ROWS)
+                gemm_rows(gate_q, gate_s, xp, r0, r1, tile, g_tile[: p1 - p0])
+                gemm_rows(up_q, up_s, xp, r0, r1, tile, u_tile[: p1 - p0])
+                for p in range(p1 - p0):
+                    for j in range(r1 - r0):
+                        dst = hp[p, r0 + j]
+                        g = g_tile[p, j]
+                        u = u_tile[p, j]
+                        for lane in range(LANES):
+                            dst[lane] = silu_mul(g[lane], u[lane])
+        else:
+            xr = x_rows[row_offsets[e] : row_offsets[e + 1]]
+            gemv_rows(gate_q, gate_s, xr, r_begin, r_end, xs, g_rows)
+            gemv_rows(up_q, up_s, xr, r_begin, r_end, xs, u_rows)
+            for t in range(count):
+                dst = h_rows[row_offsets[e] + t]
+                for j in range(r_end - r_begin):
+                    dst[r_begin + j] = silu_mul(g_rows[t, j], u_rows[t, j])
+
+
 @parallel_jit
 def _gate_up(gate, up, inter, hidden, starts, panel_offsets, row_offsets, x_panels, x_rows,
-             h_panels, h_rows, num_items):
-    """Phase 1: h = silu(gate x) * up x, for intermediate rows split in items, every expert in each item.
+             h_panels, h_rows, num_items, num_workers):
+    """Phase 1 over `num_items` row items, handed out to the threads by a shared counter (`cpu_sched`).
     gate, up: int64 [E, 2] addresses of each expert's codes and scales."""
-    num_experts = starts.size - 1
     max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
-    for item in prange(num_items):
-        r_begin, r_end = item_bounds(item, num_items, inter)
-        tile = np.empty((TILE_ROWS, min(K_CHUNK, hidden)), np.float32)
-        g_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
-        u_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
+    item_size = largest_item(num_items, inter)
+    counter = np.zeros(1, np.int64)
+    for _ in prange(num_workers):
+        tile = np.empty((GEMM_ROWS, min(K_CHUNK, hidden)), np.float32)
+        g_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
+        u_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
         xs = np.empty((max_rows, hidden), np.float32)
-        g_rows = np.empty((max_rows, r_end - r_begin), np.float32)
-        u_rows = np.empty((max_rows, r_end - r_begin), np.float32)
-        for e in range(num_experts):
-            count = starts[e + 1] - starts[e]
-            if count == 0:
-                continue
-            gate_q, gate_s = expert_matrices(gate, e, inter, hidden)
-            up_q, up_s = expert_matrices(up, e, inter, hidden)
-            p0, p1 = panel_offsets[e], panel_offsets[e + 1]
-            if p1 > p0:
-                xp = x_panels[p0:p1]
-                hp = h_panels[p0:p1]
-                for r0 in range(r_begin, r_end, TILE_ROWS):
-                    r1 = min(r_end, r0 + TILE_ROWS)
-                    gemm_rows(gate_q, gate_s, xp, r0, r1, tile, g_tile[: p1 - p0])
-                    gemm_rows(up_q, up_s, xp, r0, r1, tile, u_tile[: p1 - p0])
-                    for p in range(p1 - p0):
-                        for j in range(r1 - r0):
-                            dst = hp[p, r0 + j]
-                            g = g_tile[p, j]
-                            u = u_tile[p, j]
-                            for lane in range(LANES):
-                                dst[lane] = silu_mul(g[lane], u[lane])
-            else:
-                xr = x_rows[row_offsets[e] : row_offsets[e + 1]]
-                gemv_rows(gate_q, gate_s, xr, r_begin, r_end, xs, g_rows)
-                gemv_rows(up_q, up_s, xr, r_begin, r_end, xs, u_rows)
-                for t in range(count):
-                    dst = h_rows[row_offsets[e] + t]
-                    for j in range(r_end - r_begin):
-                        dst[r_begin + j] = silu_mul(g_rows[t, j], u_rows[t, j])
+        g_rows = np.empty((max_rows, item_size), np.float32)
+        u_rows = np.empty((max_rows, item_size), np.float32)
+        item = next_item(counter)
+        while item < num_items:
+            r_begin, r_end = item_bounds(item, num_items, inter)
+            _gate_up_rows(gate, up, inter, hidden, starts, panel_offsets, row_offsets, x_panels, x_rows, h_panels,
+                          h_rows, r_begin, r_end, tile, g_tile, u_tile, xs, g_rows, u_rows)
+            item = next_item(counter)
+
+
+@jit
+def _down_rows(down, inter, hidden, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
+               r_begin, r_end, tile, y_tile, xs, y_rows, out):
+    """One work item of phase 2: out[:, r_begin:r_end] += w * down h, for every expert with tokens."""
+    for e in range(starts.size - 1):
+        s0, s1 = starts[e], starts[e + 1]
+        if s1 == s0:
+            continue
+        down_q, down_s = expert_matrices(down, e, hidden, inter)
+        p0, p1 = panel_offsets[e], panel_offsets[e + 1]
+        if p1 > p0:
+            hp = h_panels[p0:p1]
+            for r0 in range(r_begin, r_end, GEMM_ROWS):
+                r1 = min(r_end, r0 + GEMM_ROWS)
+                gemm_rows(down_q, down_s, hp, r0, r1, tile, y_tile[: p1 - p0])
+                for m in range(s0, s1):
+                    dst = out[tokens[m]]
+                    w = weights[m]
+                    y = y_tile[(m - s0) // LANES]
+                    lane = (m - s0) % LANES
+                    for j in range(r1 - r0):
+                        dst[r0 + j] += w * y[j, lane]
+        else:
+            hr = h_rows[row_offsets[e] : row_offsets[e + 1]]
+            gemv_rows(down_q, down_s, hr, r_begin, r_end, xs, y_rows)
+            for m in range(s0, s1):
+                dst = out[tokens[m]]
+                w = weights[m]
+                y = y_rows[m - s0]
+                for j in range(r_end - r_begin):
+                    dst[r_begin + j] += w * y[j]
 
 
 @parallel_jit
 def _down(down, inter, hidden, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
-          num_items, out):
-    """Phase 2: out[t, n] = sum over t's experts of w * (down h)[n], output rows split in items."""
-    num_experts = starts.size - 1
+          num_items, num_workers, out):
+    """Phase 2 over `num_items` row items of the output, handed out by a shared counter; an item owns its
+    output columns for all tokens, so the weighted sums need no synchronization."""
     max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
-    for item in prange(num_items):
-        r_begin, r_end = item_bounds(item, num_items, hidden)
-        tile = np.empty((TILE_ROWS, min(K_CHUNK, inter)), np.float32)
-        y_tile = np.empty((max_panels, TILE_ROWS, LANES), np.float32)
+    item_size = largest_item(num_items, hidden)
+    counter = np.zeros(1, np.int64)
+    for _ in prange(num_workers):
+        tile = np.empty((GEMM_ROWS, min(K_CHUNK, inter)), np.float32)
+        y_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
         xs = np.empty((max_rows, inter), np.float32)
-        y_rows = np.empty((max_rows, r_end - r_begin), np.float32)
-        for e in range(num_experts):
-            s0, s1 = starts[e], starts[e + 1]
-            if s1 == s0:
-                continue
-            down_q, down_s = expert_matrices(down, e, hidden, inter)
-            p0, p1 = panel_offsets[e], panel_offsets[e + 1]
-            if p1 > p0:
-                hp = h_panels[p0:p1]
-                for r0 in range(r_begin, r_end, TILE_ROWS):
-                    r1 = min(r_end, r0 + TILE_ROWS)
-                    gemm_rows(down_q, down_s, hp, r0, r1, tile, y_tile[: p1 - p0])
-                    for m in range(s0, s1):
-                        dst = out[tokens[m]]
-                        w = weights[m]
-                        y = y_tile[(m - s0) // LANES]
-                        lane = (m - s0) % LANES
-                        for j in range(r1 - r0):
-                            dst[r0 + j] += w * y[j, lane]
-            else:
-                hr = h_rows[row_offsets[e] : row_offsets[e + 1]]
-                gemv_rows(down_q, down_s, hr, r_begin, r_end, xs, y_rows)
-                for m in range(s0, s1):
-                    dst = out[tokens[m]]
-                    w = weights[m]
-                    y = y_rows[m - s0]
-                    for j in range(r_end - r_begin):
-                        dst[r_begin + j] += w * y[j]
+        y_rows = np.empty((max_rows, item_size), np.float32)
+        item = next_item(counter)
+        while item < num_items:
+            r_begin, r_end = item_bounds(item, num_items, hidden)
+            _down_rows(down, inter, hidden, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
+                       r_begin, r_end, tile, y_tile, xs, y_rows, out)
+            item = next_item(counter)
 
 
 def _weight_tables(experts: Sequence[ExpertWeights]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
@@ -246,12 +288,12 @@ def _weight_tables(experts: Sequence[ExpertWeights]) -> tuple[np.ndarray, np.nda
 
 
 def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: Sequence[int],
-                experts: Sequence[ExpertWeights], num_threads: int = 2) -> np.ndarray:
+                experts: Sequence[ExpertWeights]) -> np.ndarray:
     """sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]) as float32 [T, H].
 
     x: float32 [T, H]; topk_ids: int [T, k], each id in `expert_ids`; topk_weights: float32 [T, k];
     experts[i]: the weights of expert expert_ids[i] (distinct ids; an expert without tokens is skipped).
-    `num_threads` only sizes the work split; the caller sets Numba's thread count."""
+    Runs on the calling thread's Numba thread count (`numba.set_num_threads`)."""
     if len(experts) == 0 or len(experts) != len(expert_ids):
         raise ValueError(f"need one ExpertWeights per expert id: got {len(experts)} experts for "
                          f"{len(expert_ids)} ids")
@@ -276,11 +318,12 @@ def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, e
     x_rows = np.empty((num_rows, hidden), np.float32)
     h_panels = np.zeros((num_panels, inter, LANES), np.float32)
     h_rows = np.empty((num_rows, inter), np.float32)
+    workers = numba.get_num_threads()  # this thread's Numba thread count (set by the caller)
     _pack_inputs(x, routing.starts, routing.tokens, routing.panel_offsets, routing.row_offsets, x_panels, x_rows)
     _gate_up(gate, up, inter, hidden, routing.starts, routing.panel_offsets, routing.row_offsets,
-             x_panels, x_rows, h_panels, h_rows, num_threads)
+             x_panels, x_rows, h_panels, h_rows, ITEMS_PER_THREAD * workers, workers)
     _down(down, inter, hidden, routing.starts, routing.tokens, routing.weights, routing.panel_offsets,
-          routing.row_offsets, h_panels, h_rows, num_threads, out)
+          routing.row_offsets, h_panels, h_rows, ITEMS_PER_THREAD * workers, workers, out)
     return out
 
 
