@@ -19,7 +19,6 @@ whenever nothing happened for PING_SECONDS (queued, long prefill). Errors after 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from contextlib import aclosing
 from typing import Any
@@ -64,13 +63,13 @@ def stop_reason(event: ChoiceEvent, reply: Reply) -> str:
 
 
 def tool_input(call: ToolCall) -> dict[str, Any]:
-    """The parsed arguments; a malformed call (logged) gets an empty input rather than failing the reply."""
-    if call.error is None:
-        value = json.loads(call.arguments)
-        if isinstance(value, dict):
-            return value
-    log.warning("tool call %s is malformed (%s); sending it with empty input", call.id, call.error)
-    return {}
+    """The parsed arguments, whenever they parse (a call cut off after them only lacks its end marker); a call
+    whose arguments do not parse (logged) gets an empty input rather than failing the reply."""
+    value = call.arguments_object()
+    if value is None:
+        log.warning("tool call %s is malformed (%s); sending it with empty input", call.id, call.error)
+        return {}
+    return value
 
 
 class MessagesServing:

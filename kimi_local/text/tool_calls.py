@@ -20,7 +20,10 @@ text, so one-shot and streaming results agree by construction.
 
 Nothing in the output can make it raise. Malformed calls are surfaced, not dropped: a call whose arguments
 are not a JSON object, or that lacks its argument or end marker, or that the output ends inside, is returned
-with `error` set; the front end decides what to send. Text between calls inside a section is ignored.
+with `error` set; the front end decides what to send. A call whose id never completed (no argument marker
+came) has `id_complete` False: its id and name are whatever text came, not an id. Its start delta and its
+done event come out of the same `feed`/`finish` call, so a front end can drop both. Text between calls inside
+a section is ignored.
 """
 
 from __future__ import annotations
@@ -47,6 +50,21 @@ class ToolCall:
     name: str
     arguments: str  # the JSON text exactly as generated (whitespace around it removed)
     error: str | None = None  # why the call is malformed, or None
+    id_complete: bool = True  # False: the argument marker never came, so `id` is a fragment
+
+    @property
+    def is_addressable(self) -> bool:
+        """The call has a real id naming a function: something a client can run and answer."""
+        return self.id_complete and bool(self.name)
+
+    def arguments_object(self) -> dict | None:
+        """The arguments as a JSON object when they parse as one, whatever else is wrong with the call (a
+        missing end marker leaves complete arguments usable)."""
+        try:
+            value = json.loads(self.arguments)
+        except (ValueError, RecursionError):
+            return None
+        return value if isinstance(value, dict) else None
 
     def to_openai(self) -> dict:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
@@ -145,7 +163,7 @@ class ToolCallStreamParser:
         else:
             self._held_space += text
 
-    def _end_call(self, events: list[Event], error: str | None = None) -> None:
+    def _end_call(self, events: list[Event], error: str | None = None, id_complete: bool = True) -> None:
         arguments = "".join(self._arguments)
         if error is None:
             error = arguments_error(arguments)
@@ -153,7 +171,7 @@ class ToolCallStreamParser:
         if not name:
             problem = "tool call has an empty id" if not self._call_id else "tool call id names no function"
             error = problem + (f"; {error}" if error else "")
-        call = ToolCall(self._call_id, name, arguments, error)
+        call = ToolCall(self._call_id, name, arguments, error, id_complete)
         if error:
             log.debug("malformed tool call %d: %s", self._index, error)
         events.append(ToolCallDone(self._index, call))
@@ -198,7 +216,8 @@ class ToolCallStreamParser:
             if len(self._id_text.strip()) > MAX_ID_CHARS:
                 self._id_text = self._id_text.strip()[:MAX_ID_CHARS]
                 self._start_call(events)
-                self._end_call(events, f"no {ARGUMENT_BEGIN} within {MAX_ID_CHARS} characters of {CALL_BEGIN}")
+                self._end_call(events, f"no {ARGUMENT_BEGIN} within {MAX_ID_CHARS} characters of {CALL_BEGIN}",
+                               id_complete=False)
                 self.state = self.SECTION  # skip the rest of this call, up to the next marker
         else:
             self._argument_text(text, events)
@@ -214,7 +233,7 @@ class ToolCallStreamParser:
                 self.state = self.ARGUMENTS
                 return
             self._start_call(events)
-            self._end_call(events, f"missing {ARGUMENT_BEGIN}")
+            self._end_call(events, f"missing {ARGUMENT_BEGIN}", id_complete=False)
         elif state == self.ARGUMENTS:
             self._end_call(events, None if marker == CALL_END else f"missing {CALL_END}")
         # From here: the marker ends a call or appears between calls.
@@ -234,7 +253,7 @@ class ToolCallStreamParser:
         elif self.state == self.CALL_ID:
             self._id_text += rest
             self._start_call(events)
-            self._end_call(events, f"output ended before {ARGUMENT_BEGIN}")
+            self._end_call(events, f"output ended before {ARGUMENT_BEGIN}", id_complete=False)
         elif self.state == self.ARGUMENTS:
             if rest:
                 self._argument_text(rest, events)

@@ -107,3 +107,37 @@ def test_error_results_and_unknown_tool_choice(client, scripted_server):
         "model": "k", "max_tokens": 5, "messages": QUESTION, "tools": TOOLS,
         "tool_choice": {"type": "tool", "name": "get_time"}})
     assert r.status_code == 400 and "get_time" in r.json()["error"]["message"]
+
+
+def cut_lengths(scripted_server) -> tuple[int, int]:
+    """Token limits for a forced call ("any") cut inside its id, and cut just before <|tool_call_end|>."""
+    tokenizer = scripted_server.state.tokenizer
+    id_tokens = len(tokenizer.encode(CALL_ID))
+    return id_tokens - 1, id_tokens + 1 + len(tokenizer.encode(json.dumps(WEATHER_ARGS)))
+
+
+def test_call_cut_inside_its_id_is_not_a_tool_use(client, scripted_server):
+    """The reviewer's repro: tool_choice any with a tiny max_tokens used to send a tool_use whose id and name
+    were the half-written id, with input {}."""
+    inside_id, _ = cut_lengths(scripted_server)
+    m = client.messages.create(model="k", max_tokens=inside_id, messages=QUESTION, tools=TOOLS,
+                               tool_choice={"type": "any"})
+    assert m.stop_reason == "max_tokens" and m.content == []
+    with client.messages.stream(model="k", max_tokens=inside_id, messages=QUESTION, tools=TOOLS,
+                                tool_choice={"type": "any"}) as stream:
+        events = list(stream)
+        final = stream.get_final_message()
+    assert final.stop_reason == "max_tokens" and final.content == []
+    assert not [e for e in events if e.type == "content_block_start"]
+
+
+def test_call_with_complete_arguments_but_no_end_marker_keeps_them(client, scripted_server):
+    _, before_end = cut_lengths(scripted_server)
+    m = client.messages.create(model="k", max_tokens=before_end, messages=QUESTION, tools=TOOLS,
+                               tool_choice={"type": "any"})
+    (tool,) = m.content
+    assert (m.stop_reason, tool.id, tool.name, tool.input) == ("max_tokens", CALL_ID, "get_weather", WEATHER_ARGS)
+    with client.messages.stream(model="k", max_tokens=before_end, messages=QUESTION, tools=TOOLS,
+                                tool_choice={"type": "any"}) as stream:
+        final = stream.get_final_message()
+    assert [(b.type, b.id, b.input) for b in final.content] == [("tool_use", CALL_ID, WEATHER_ARGS)]

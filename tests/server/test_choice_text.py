@@ -83,6 +83,6 @@ def test_reply_with_forced_named_call():
 
 
 def test_forced_prefix_alone_still_parses_at_the_end():
+    """Output that ends right after a forced "required" prefix is a call without an id: nothing is sent."""
     reply = Reply(parse_tools=True, forced_text="<|tool_calls_section_begin|><|tool_call_begin|>")
-    reply.finish()
-    assert len(reply.tool_calls) == 1 and reply.tool_calls[0].error
+    assert reply.finish() == [] and reply.tool_calls == [] and reply.text == ""

@@ -112,3 +112,31 @@ def test_control_tokens_typed_by_a_user_stay_text(client, scripted_server):
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": forged}])
     prompt = scripted_server.engine.model.prompts[-1]
     assert prompt.count(scripted_server.state.tokenizer.token_id("<|im_assistant|>")) == 1
+
+
+def cut_lengths(scripted_server) -> tuple[int, int]:
+    """Token limits for a forced call ("required") cut inside its id, and cut just before <|tool_call_end|>."""
+    tokenizer = scripted_server.state.tokenizer
+    id_tokens = len(tokenizer.encode(CALL_ID))
+    return id_tokens - 1, id_tokens + 1 + len(tokenizer.encode(json.dumps(WEATHER_ARGS)))
+
+
+def test_call_cut_inside_its_id_is_not_a_tool_call(client, scripted_server):
+    inside_id, _ = cut_lengths(scripted_server)
+    kw = dict(model="m", messages=QUESTION, tools=TOOLS, tool_choice="required", max_tokens=inside_id)
+    choice = client.chat.completions.create(**kw).choices[0]
+    assert choice.finish_reason == "length" and choice.message.tool_calls is None
+    assert choice.message.content == ""
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    assert not [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+
+
+def test_call_cut_before_its_end_marker_keeps_its_arguments(client, scripted_server):
+    _, before_end = cut_lengths(scripted_server)
+    kw = dict(model="m", messages=QUESTION, tools=TOOLS, tool_choice="required", max_tokens=before_end)
+    choice = client.chat.completions.create(**kw).choices[0]
+    (call,) = choice.message.tool_calls
+    assert (call.id, call.function.name, json.loads(call.function.arguments)) == (CALL_ID, "get_weather",
+                                                                                  WEATHER_ARGS)
+    assert choice.finish_reason == "length"

@@ -240,3 +240,22 @@ def test_huge_arguments_stream_linearly():
         events += parser.feed(body[i : i + 7])
     events += parser.feed(CE + SE) + parser.finish()
     assert check_invariants(events)[1] == [ToolCall("functions.save:0", "save", body)]
+
+
+def test_calls_whose_id_never_completed_are_marked():
+    for text in (OUTPUTS["missing argument marker"], OUTPUTS["output ends inside id"],
+                 SB + CB + "x" * (MAX_ID_CHARS + 1) + AB + "{}" + CE + SE):
+        first = parse_tool_calls(text)[1][0]
+        assert not first.id_complete and not first.is_addressable, text
+    _, calls = parse_tool_calls(OUTPUTS["missing end marker"])
+    assert all(c.id_complete and c.is_addressable for c in calls)
+    _, (nameless,) = parse_tool_calls(SB + call("functions.:0", "{}") + SE)
+    assert nameless.id_complete and not nameless.is_addressable
+
+
+def test_arguments_object_whatever_else_is_wrong():
+    _, calls = parse_tool_calls(OUTPUTS["missing end marker"])
+    assert calls[0].error and calls[0].arguments_object() == {"a": 1}
+    _, calls = parse_tool_calls(OUTPUTS["malformed json"])
+    assert [c.arguments_object() for c in calls] == [None, None]
+    assert ToolCall("f:0", "f", '{"a": [1, {"b": null}]}').arguments_object() == {"a": [1, {"b": None}]}
