@@ -3,7 +3,9 @@
 Loads the model (the configured one, --model, or the built-in demo), starts the engine service and serves
 `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/v1/messages`, `/v1/messages/count_tokens`,
 `/health` and `/metrics` with uvicorn. Binds 127.0.0.1 unless told otherwise; binding another address
-without an API key logs a warning, since anyone who can reach the port can then use the model.
+without an API key logs a warning, since anyone who can reach the port can then use the model. The server
+answers only to its own names in the Host header (loopback, and the bound address unless it is 0.0.0.0 or ::),
+so a web page cannot reach it through DNS rebinding (`server/trusted_hosts.py`).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = load(model_dir, config, progress=on_progress)
     name = args.model_name or ("kimi-local-demo" if is_demo(model_dir) else model_dir.resolve().name)
     state = build_state(loaded, name, api_key=api_key, max_queue=config.server.max_queue)
-    app = create_app(state)
+    app = create_app(state, host=host)
     bound = sock.getsockname()
     print(f"kimi-local: serving '{name}' on http://{host}:{bound[1]} (OpenAI: /v1/chat/completions, "
           f"Anthropic: /v1/messages)", file=sys.stderr, flush=True)

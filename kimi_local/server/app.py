@@ -3,7 +3,8 @@
 `app.state` holds the shared state and one serving object per API; routes only look them up. Errors from
 anywhere become JSON in the caller's protocol: Anthropic's shape under `/v1/messages`, OpenAI's elsewhere, and
 an unexpected exception is a 500 for that request only. A small ASGI middleware counts responses by route
-and status for `/metrics`.
+and status for `/metrics`. Another refuses requests whose Host is not one of the server's names (see
+`trusted_hosts.py`: a web page's DNS rebinding); `host` is the address the server binds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from kimi_local.server.serving_chat import ChatServing
 from kimi_local.server.serving_completions import CompletionServing
 from kimi_local.server.serving_messages import MessagesServing
 from kimi_local.server.state import ServerState
+from kimi_local.server.trusted_hosts import TrustedHosts, allowed_hosts
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class CountRequests:
             self.metrics.count_request(endpoint, status)
 
 
-def create_app(state: ServerState) -> FastAPI:
+def create_app(state: ServerState, host: str = "127.0.0.1") -> FastAPI:
     app = FastAPI(title="kimi-local", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.kimi = state
     app.state.chat = ChatServing(state)
@@ -105,5 +107,6 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
-    app.add_middleware(CountRequests, metrics=state.metrics, known_paths=ENDPOINTS)
+    app.add_middleware(TrustedHosts, names=allowed_hosts(host), render=error_response)
+    app.add_middleware(CountRequests, metrics=state.metrics, known_paths=ENDPOINTS)  # outermost: counts refusals
     return app

@@ -1,4 +1,5 @@
-"""Translation pieces both protocols share: sampling parameters, ids, token text, SSE frames, body parsing.
+"""Translation pieces both protocols share: sampling parameters, ids, token text, SSE frames, body parsing
+(JSON only, declared as such).
 
 `n` choices become `n` SamplingParams; with a seed they get seeds seed, seed+1, ... so the choices differ from
 each other while the whole response stays reproducible. Without a token limit a reply may run to the end of
@@ -40,8 +41,24 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
+def check_json_content_type(request: Request) -> None:
+    """A 415 unless the body is declared `application/json` (charset, if given, UTF-8). Browsers send other
+    types (text/plain, forms) cross-site without asking the server first; JSON needs a CORS preflight, which
+    this server never grants, so a web page cannot POST to it."""
+    declared = request.headers.get("content-type", "")
+    media_type, *params = (part.strip().lower() for part in declared.split(";"))
+    charsets = [p.partition("=")[2].strip().strip('"') for p in params if p.partition("=")[0].strip() == "charset"]
+    if media_type == "application/json" and all(c in ("utf-8", "utf8") for c in charsets):
+        return
+    shown = f"Content-Type {declared!r}" if declared else "no Content-Type"
+    raise ApiError(415, f"the request body must be JSON sent as 'Content-Type: application/json' (UTF-8), got "
+                        f"{shown}", code="unsupported_media_type")
+
+
 async def read_request(request: Request, model: type[M]) -> M:
-    """The body parsed as JSON and validated into `model`; every problem is a 400 naming the field."""
+    """The body parsed as JSON and validated into `model`; a body not declared as JSON is a 415, every other
+    problem a 400 naming the field."""
+    check_json_content_type(request)
     body = parse_json_body(await read_body(request))
     try:
         return model.model_validate(body)

@@ -27,18 +27,23 @@ def start(args: list[str], tmp_path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, text=True, env=serve_env(tmp_path))
 
 
+def served_url(proc: subprocess.Popen, host: str = "127.0.0.1") -> str:
+    url = None
+    deadline = time.monotonic() + 60
+    while url is None and time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line or proc.poll() is None, "serve exited early"
+        match = re.search(rf"serving 'tiny' on (http://{re.escape(host)}:\d+)", line)
+        url = match.group(1) if match else None
+    assert url, "serve did not report its address"
+    return url
+
+
 def test_serve_answers_and_stops_on_ctrl_c(tiny_checkpoint, tmp_path):
     proc = start(["--model", str(tiny_checkpoint), "--port", "0", "--api-key", "k", "--expert-backend", "torch",
                   "--max-context", "128", "--model-name", "tiny"], tmp_path)
     try:
-        url = None
-        deadline = time.monotonic() + 60
-        while url is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, "serve exited early"
-            match = re.search(r"serving 'tiny' on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
-        assert url, "serve did not report its address"
+        url = served_url(proc)
         assert httpx.get(url + "/health").json()["model"] == "tiny"
         assert httpx.get(url + "/v1/models").status_code == 401
         models = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer k"}).json()
@@ -50,6 +55,21 @@ def test_serve_answers_and_stops_on_ctrl_c(tiny_checkpoint, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serve_answers_to_its_bound_address_and_loopback_only(tiny_checkpoint, tmp_path):
+    """The Host check knows the --host it was given: a web page's DNS rebinding name is refused."""
+    proc = start(["--model", str(tiny_checkpoint), "--host", "127.0.0.2", "--port", "0", "--expert-backend", "torch",
+                  "--max-context", "128", "--model-name", "tiny"], tmp_path)
+    try:
+        url = served_url(proc, "127.0.0.2")
+        assert httpx.get(url + "/health").status_code == 200  # Host: 127.0.0.2:PORT
+        assert httpx.get(url + "/health", headers={"Host": "localhost"}).status_code == 200
+        refused = httpx.get(url + "/health", headers={"Host": "attacker.example:8000"})
+        assert refused.status_code == 400 and "attacker.example" in refused.json()["error"]["message"]
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_busy_port_is_one_clear_error(tiny_checkpoint, tmp_path):
