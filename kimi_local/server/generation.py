@@ -24,7 +24,7 @@ from starlette.requests import Request
 from kimi_local.engine.engine import ContextLengthError
 from kimi_local.engine.sampling import SamplingParams
 from kimi_local.engine.service import EngineService, QueueFullError, RequestStream
-from kimi_local.server.choice_text import ChoiceEvent, ChoiceText
+from kimi_local.text.choice_text import ChoiceEvent, ChoiceText
 from kimi_local.server.errors import ApiError
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from kimi_local.server.choice_text import ChoiceEvent, ChoiceText
+from kimi_local.text.choice_text import ChoiceEvent, ChoiceText
 from kimi_local.server.errors import ApiError, bad_request
 from kimi_local.server.generation import close_streams, run_choices, submit_all
 from kimi_local.server.openai_protocol import (

@@ -32,7 +32,7 @@ from kimi_local.server.anthropic_protocol import (
     CountTokensRequest, Message, MessagesRequest, PromptFields, TextBlock, TokenCount, ToolUseBlock, Usage,
 )
 from kimi_local.server.chat_prompt import ChatPrompt, build_chat_prompt
-from kimi_local.server.choice_text import ChoiceEvent, ChoiceText
+from kimi_local.text.choice_text import ChoiceEvent, ChoiceText
 from kimi_local.server.errors import ApiError
 from kimi_local.server.generation import close_streams, run_choices, submit_all
 from kimi_local.server.reply import Reply

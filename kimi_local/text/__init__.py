@@ -4,6 +4,8 @@
   `IncrementalDecoder` (incremental.py) for UTF-8-safe streaming.
 * `ChatFormat` (chat.py): OpenAI-style messages -> prompt text / ids with the checkpoint's jinja template in a
   sandbox; `render_reference` (chat_reference.py) is the same format in plain Python.
+* `ChoiceText` (choice_text.py): one reply's engine outputs -> text (stop ids hidden, stop strings cut with
+  `StopStringMatcher` from stop_strings.py), for the server and the TUI alike.
 * `parse_tool_calls`, `ToolCallStreamParser` (tool_calls.py): Kimi's tool-call sections -> OpenAI tool calls.
 * `write_demo_tokenizer` (demo_tokenizer.py): a small tokenizer in Kimi's format for demo/tiny checkpoints.
 """

@@ -3,9 +3,9 @@
 It goes through the same `EngineService` token stream as the server: the conversation is rendered and encoded
 by the checkpoint's chat format (only the template's markers become control tokens), submitted with the
 app's event loop so outputs arrive with `async for`, and the generated ids are turned into text by the
-tokenizer's incremental decoder (never half a UTF-8 character). Stop ids (<|im_end|>, [EOS]) end the reply and
-are not shown. Cancelling the consuming task closes the engine stream, which aborts the request and frees its
-KV slot at the next engine step.
+same `ChoiceText` the server uses (never half a UTF-8 character; stop ids such as <|im_end|> end the reply
+and are not shown). Cancelling the consuming task closes the engine stream, which aborts the request and frees
+its KV slot at the next engine step.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator
 from kimi_local.engine.engine import ContextLengthError
 from kimi_local.engine.routing_stats import RoutingStats
 from kimi_local.engine.service import EngineService, QueueFullError
+from kimi_local.text.choice_text import ChoiceText
 from kimi_local.tui.backend import BackendError, BackendInfo, ChatBackend, ReplyChunk
 from kimi_local.tui.chat_settings import ChatSettings
 from kimi_local.tui.telemetry import Telemetry, gpu_probe, memory_probe, read_cache_stats
@@ -54,23 +55,17 @@ class LocalBackend(ChatBackend):
         except (ValueError, RuntimeError) as exc:
             raise BackendError(str(exc)) from exc
         yield ReplyChunk(prompt_tokens=len(prompt_ids))
-        decoder = self.tokenizer.incremental_decoder(skip_special=True)
-        generated = 0
+        text = ChoiceText(0, self.tokenizer, self._stop_ids, [])
         try:
             async for out in stream:
-                if out.error:
-                    raise BackendError(f"generation failed: {out.error}")
-                text = ""
-                if out.token_id is not None:
-                    generated += 1
-                    if out.token_id not in self._stop_ids:
-                        text = decoder.feed(out.token_id)
-                if out.finish_reason is not None:
-                    text += decoder.flush()
-                    yield ReplyChunk(text, 1 if out.token_id is not None else 0, out.finish_reason,
-                                     len(prompt_ids), generated)
+                event = text.feed(out)
+                if event.error:
+                    raise BackendError(f"generation failed: {event.error}")
+                num_tokens = 1 if out.token_id is not None else 0
+                if event.is_final:
+                    yield ReplyChunk(event.text, num_tokens, event.finish_reason, len(prompt_ids), text.num_tokens)
                     return
-                yield ReplyChunk(text, 1)
+                yield ReplyChunk(event.text, num_tokens)
         finally:
             stream.close()  # no-op when finished; aborts the request when the consumer stopped early
 

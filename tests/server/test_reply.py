@@ -1,5 +1,6 @@
-"""Which of the parser's tool calls a reply sends: calls without a usable id are dropped, events and all, and
-the kept ones are numbered among themselves; arguments that parse are kept even without the end marker."""
+"""The tool-call layer over a choice's text: tools off, forced prefixes, and which of the parser's calls a
+reply sends (calls without a usable id are dropped, events and all, and the kept ones are numbered among
+themselves; arguments that parse are kept even without the end marker)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,30 @@ from kimi_local.text.tool_calls import ContentDelta, ToolCallDelta, ToolCallDone
 SB, SE = "<|tool_calls_section_begin|>", "<|tool_calls_section_end|>"
 CB, AB, CE = "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>"
 BROKEN_THEN_GOOD = f"Hi.{SB}{CB}functions.f:0{CE}{CB}functions.g:1{AB}{{\"x\": 1}}{CE}{SE}"
+
+
+def test_reply_without_tools_is_all_content():
+    reply = Reply(parse_tools=False)
+    events = reply.feed("a <|tool_call_begin|> b") + reply.finish()
+    assert events == [ContentDelta("a <|tool_call_begin|> b")] and reply.tool_calls == []
+    assert reply.finish_reason("stop") == "stop"
+
+
+def test_reply_with_forced_named_call():
+    reply = Reply(parse_tools=True, forced_text="<|tool_calls_section_begin|><|tool_call_begin|>functions.f:2"
+                                                "<|tool_call_argument_begin|>")
+    events = reply.feed('{"a"') + reply.feed(": 1}<|tool_call_end|><|tool_calls_section_end|>") + reply.finish()
+    assert events[0] == ToolCallDelta(0, "functions.f:2", "f", "")
+    (call,) = reply.tool_calls
+    assert (call.id, call.name, call.arguments, call.error) == ("functions.f:2", "f", '{"a": 1}', None)
+    assert reply.text == "" and reply.finish_reason("stop") == "tool_calls"
+    assert reply.finish_reason("length") == "length"
+
+
+def test_forced_prefix_alone_still_parses_at_the_end():
+    """Output that ends right after a forced "required" prefix is a call without an id: nothing is sent."""
+    reply = Reply(parse_tools=True, forced_text="<|tool_calls_section_begin|><|tool_call_begin|>")
+    assert reply.finish() == [] and reply.tool_calls == [] and reply.text == ""
 
 
 def feed_all(reply: Reply, pieces) -> list:

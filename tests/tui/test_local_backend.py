@@ -59,6 +59,31 @@ def test_reply_text_is_exactly_the_models_output(backend, tiny_checkpoint, tiny_
     assert sum(c.num_tokens for c in chunks) == len(ids)
 
 
+def test_reply_text_comes_from_the_servers_choice_text(backend, monkeypatch):
+    """One mechanism turns engine outputs into text for every front end (stop ids hidden, UTF-8 never split,
+    the final flush): the TUI's chunks are exactly ChoiceText's events."""
+    from kimi_local.tui import local_backend
+
+    made = []
+
+    class Recording(local_backend.ChoiceText):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.events = []
+            made.append(self)
+
+        def feed(self, out):
+            self.events.append(super().feed(out))
+            return self.events[-1]
+
+    monkeypatch.setattr(local_backend, "ChoiceText", Recording)
+    chunks = asyncio.run(collect(backend, MESSAGES, ChatSettings(temperature=0.0, max_tokens=12)))
+    (text,) = made
+    assert text.stop_ids == frozenset(backend.tokenizer.stop_ids)
+    assert [c.text for c in chunks[1:]] == [e.text for e in text.events]
+    assert chunks[-1].finish_reason == text.events[-1].finish_reason and chunks[-1].completion_tokens == text.num_tokens
+
+
 def test_stopping_mid_reply_aborts_the_request(backend):
     engine = backend.service.engine
 

@@ -1,6 +1,7 @@
 """One choice's engine outputs turned into text: detokenize, drop stop tokens, cut at stop strings.
 
-The engine yields token ids; this is where a front end makes text of them. Tokens are detokenized
+The engine yields token ids; this is where every front end makes text of them (the server's choices, the
+TUI's local replies), so they all show the same text for the same tokens. Tokens are detokenized
 incrementally (never half a UTF-8 character), special tokens such as <|im_end|> are not shown, and stop
 strings are matched with a holdback buffer (see `stop_strings`). The tool-call markers are not special
 tokens, so they stay in the text for the tool-call parser that the chat layer runs on top.
@@ -12,11 +13,14 @@ on the last one, why the choice ended: "stop" (stop token or stop string), "leng
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from kimi_local.engine.engine import StepOutput
-from kimi_local.engine.sampling import TokenLogprobs
-from kimi_local.server.stop_strings import StopStringMatcher
+from kimi_local.text.stop_strings import StopStringMatcher
 from kimi_local.text.tokenizer import KimiTokenizer
+
+if TYPE_CHECKING:  # the text package reads the engine's outputs but does not depend on the engine
+    from kimi_local.engine.engine import StepOutput
+    from kimi_local.engine.sampling import TokenLogprobs
 
 
 @dataclass(frozen=True)

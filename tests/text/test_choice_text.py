@@ -1,15 +1,13 @@
-"""Engine outputs -> text for one choice: stop tokens hidden, UTF-8 never split, stop strings cut with holdback,
-and the tool-call layer on top (forced prefixes, tools off)."""
+"""Engine outputs -> text for one choice: stop tokens hidden, UTF-8 never split, stop strings cut with
+holdback."""
 
 from __future__ import annotations
 
 import pytest
 
 from kimi_local.engine.engine import StepOutput
-from kimi_local.server.choice_text import ChoiceText
-from kimi_local.server.reply import Reply
+from kimi_local.text.choice_text import ChoiceText
 from kimi_local.text.tokenizer import KimiTokenizer
-from kimi_local.text.tool_calls import ContentDelta, ToolCallDelta
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +60,3 @@ def test_engine_error_is_passed_on(tokenizer):
     text = ChoiceText(0, tokenizer, frozenset(), [])
     event = text.feed(StepOutput(1, None, None, "error", "RuntimeError: boom"))
     assert (event.finish_reason, event.error) == ("error", "RuntimeError: boom")
-
-
-def test_reply_without_tools_is_all_content():
-    reply = Reply(parse_tools=False)
-    events = reply.feed("a <|tool_call_begin|> b") + reply.finish()
-    assert events == [ContentDelta("a <|tool_call_begin|> b")] and reply.tool_calls == []
-    assert reply.finish_reason("stop") == "stop"
-
-
-def test_reply_with_forced_named_call():
-    reply = Reply(parse_tools=True, forced_text="<|tool_calls_section_begin|><|tool_call_begin|>functions.f:2"
-                                                "<|tool_call_argument_begin|>")
-    events = reply.feed('{"a"') + reply.feed(": 1}<|tool_call_end|><|tool_calls_section_end|>") + reply.finish()
-    assert events[0] == ToolCallDelta(0, "functions.f:2", "f", "")
-    (call,) = reply.tool_calls
-    assert (call.id, call.name, call.arguments, call.error) == ("functions.f:2", "f", '{"a": 1}', None)
-    assert reply.text == "" and reply.finish_reason("stop") == "tool_calls"
-    assert reply.finish_reason("length") == "length"
-
-
-def test_forced_prefix_alone_still_parses_at_the_end():
-    """Output that ends right after a forced "required" prefix is a call without an id: nothing is sent."""
-    reply = Reply(parse_tools=True, forced_text="<|tool_calls_section_begin|><|tool_call_begin|>")
-    assert reply.finish() == [] and reply.tool_calls == [] and reply.text == ""

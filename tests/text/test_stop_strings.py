@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from kimi_local.server.stop_strings import StopStringMatcher
+from kimi_local.text.stop_strings import StopStringMatcher
 
 
 def reference(text: str, stops: list[str]) -> tuple[str, str | None]:
