@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import numba
+import numpy as np
 from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_arrays
@@ -35,7 +35,7 @@ from kimi_local.kernels.cpu_gemm import GEMM_ROWS, K_CHUNK, gemm_rows, round_up
 from kimi_local.kernels.cpu_gemv import gemv_rows
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
 from kimi_local.kernels.cpu_sched import next_item
-from kimi_local.kernels.cpu_simd import DOT_TOKENS, LANES
+from kimi_local.kernels.cpu_simd import DOT_TOKENS, LANES, TILE_ROWS
 from kimi_local.kernels.cpu_views import address_of, f32_matrix_at, u8_matrix_at
 from kimi_local.model.experts import ExpertWeights
 from kimi_local.model.fp8 import BLOCK, dequantize
@@ -123,6 +123,15 @@ def largest_groups(panel_offsets, row_offsets):
 
 
 @jit
+def gemm_block_rows(num_rows):
+    """Rows per GEMM block for an item of `num_rows`: at most GEMM_ROWS, as even as whole TILE_ROWS groups
+    allow (an item of 256 rows goes as 2 x 128, not 192 + 64: each block streams the panels once)."""
+    num_blocks = max(1, (num_rows + GEMM_ROWS - 1) // GEMM_ROWS)
+    per_block = (num_rows + num_blocks - 1) // num_blocks
+    return max(TILE_ROWS, (per_block + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS)
+
+
+@jit
 def silu_mul(g, u):
     return g / (np.float32(1.0) + np.exp(-g)) * u
 
@@ -171,8 +180,9 @@ def _gate_up_rows(gate, up, inter, hidden, starts, panel_offsets, row_offsets, x
         if p1 > p0:
             xp = x_panels[p0:p1]
             hp = h_panels[p0:p1]
-            for r0 in range(r_begin, r_end, GEMM_ROWS):
-                r1 = min(r_end, r0 + GEMM_ROWS)
+            step = gemm_block_rows(r_end - r_begin)
+            for r0 in range(r_begin, r_end, step):
+                r1 = min(r_end, r0 + step)
                 gemm_rows(gate_q, gate_s, xp, r0, r1, tile, g_tile[: p1 - p0])
                 gemm_rows(up_q, up_s, xp, r0, r1, tile, u_tile[: p1 - p0])
                 for p in range(p1 - p0):
@@ -227,8 +237,9 @@ def _down_rows(down, inter, hidden, starts, tokens, weights, panel_offsets, row_
         p0, p1 = panel_offsets[e], panel_offsets[e + 1]
         if p1 > p0:
             hp = h_panels[p0:p1]
-            for r0 in range(r_begin, r_end, GEMM_ROWS):
-                r1 = min(r_end, r0 + GEMM_ROWS)
+            step = gemm_block_rows(r_end - r_begin)
+            for r0 in range(r_begin, r_end, step):
+                r1 = min(r_end, r0 + step)
                 gemm_rows(down_q, down_s, hp, r0, r1, tile, y_tile[: p1 - p0])
                 for m in range(s0, s1):
                     dst = out[tokens[m]]
