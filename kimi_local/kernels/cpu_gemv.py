@@ -10,24 +10,23 @@ prefetches ahead.
 The weight bytes are read once, in address order, and never written anywhere. The last `K % 32` columns of
 each row go through the scalar form of the same decode.
 
-Work items are runs of `ROWS_PER_TASK` rows, split over the threads by `prange`.
+Work items are runs of rows, handed out to the threads by a shared counter (`cpu_sched`).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
+from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, next_item
 from kimi_local.kernels.cpu_simd import (
     DOT_STEP, DOT_TOKENS, HALF_BIAS_SHIFT, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3, e4m3_dot_2x4,
     e4m3_half_bits, half_to_float,
 )
 from kimi_local.model.fp8 import BLOCK, dequantize
-
-ROWS_PER_TASK = 64
-
 
 @jit
 def scale_activation(x, scale_row, xs):
@@ -103,26 +102,33 @@ def gemv_rows(codes, scales, x, r0, r1, xs, y):
 
 
 @parallel_jit
-def _fp8_gemv(codes, scales, x, y):
+def _fp8_gemv(codes, scales, x, y, num_items, num_workers):
     num_rows, num_cols = codes.shape
-    num_tasks = (num_rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    for task in prange(num_tasks):
-        r0 = task * ROWS_PER_TASK
-        r1 = min(num_rows, r0 + ROWS_PER_TASK)
-        xs = np.empty((1, num_cols), np.float32)
-        gemv_rows(codes, scales, x, r0, r1, xs, y[:, r0:r1])
+    counter = np.zeros(1, np.int64)
+    for _ in prange(num_workers):
+        xs = np.empty((x.shape[0], num_cols), np.float32)
+        item = next_item(counter)
+        while item < num_items:
+            r0, r1 = item_bounds(item, num_items, num_rows)
+            gemv_rows(codes, scales, x, r0, r1, xs, y[:, r0:r1])
+            item = next_item(counter)
 
 
 def fp8_gemv(codes: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """`W x` for uint8 e4m3 codes `[N, K]`, float32 scales on the ceil 128x128 grid and float32 `x [K]`;
-    float32 `[N]`."""
+    """`W x` for uint8 e4m3 codes `[N, K]`, float32 scales on the ceil 128x128 grid and float32 `x [K]`
+    (float32 `[N]`), or for a few tokens at once, `x [T, K]` (float32 `[T, N]`; the weight is still read once)."""
     codes, scales = check_fp8_weight("weight", codes, scales)
-    x = check_activations("x", x, codes.shape[1], ndim=1)
-    y = np.empty((1, codes.shape[0]), np.float32)
-    _fp8_gemv(codes, scales, x[None, :], y)
-    return y[0]
+    ndim = 2 if isinstance(x, np.ndarray) and x.ndim == 2 else 1  # [T, K], else checked as [K]
+    x = check_activations("x", x, codes.shape[1], ndim=ndim)
+    x2 = x.reshape(-1, x.shape[-1])
+    y = np.empty((x2.shape[0], codes.shape[0]), np.float32)
+    if x2.shape[0]:
+        workers = numba.get_num_threads()
+        _fp8_gemv(codes, scales, x2, y, ITEMS_PER_THREAD * workers, workers)
+    return y[0] if x.ndim == 1 else y
 
 
 def fp8_gemv_reference(codes: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The rule itself: dequantize (`model.fp8.dequantize`), then a float64 matrix-vector product."""
-    return (dequantize(codes, scales).astype(np.float64) @ np.asarray(x, np.float64)).astype(np.float32)
+    """The rule itself: dequantize (`model.fp8.dequantize`), then a float64 product (x [K] or [T, K])."""
+    w = dequantize(codes, scales).astype(np.float64)
+    return (np.asarray(x, np.float64) @ w.T).astype(np.float32)

@@ -34,7 +34,7 @@ from kimi_local.kernels.cpu_checks import check_activations, check_fp8_arrays
 from kimi_local.kernels.cpu_gemm import GEMM_ROWS, K_CHUNK, gemm_rows, round_up
 from kimi_local.kernels.cpu_gemv import gemv_rows
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_sched import next_item
+from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, largest_item, next_item
 from kimi_local.kernels.cpu_simd import DOT_TOKENS, LANES, TILE_ROWS
 from kimi_local.kernels.cpu_views import address_of, f32_matrix_at, u8_matrix_at
 from kimi_local.model.experts import ExpertWeights
@@ -44,8 +44,6 @@ from kimi_local.model.fp8 import BLOCK, dequantize
 # per DOT_TOKENS tokens, the GEMM once in all but pays a full LANES-wide FMA per weight and panel: on AVX-512
 # they cost the same at 13-14 tokens (`kimi-local bench kernels` shapes, one thread).
 GEMV_MAX_TOKENS = 3 * DOT_TOKENS
-ITEMS_PER_THREAD = 4  # row items per phase and thread, handed out dynamically
-ROW_ALIGN = 16  # work items start at multiples of this (even, for the GEMV's row pairs)
 
 
 @dataclass(frozen=True)
@@ -93,23 +91,6 @@ def group_routing(topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: np
         panel_offsets=panel_offsets,
         row_offsets=row_offsets,
     )
-
-
-@jit
-def item_bounds(item, num_items, num_rows):
-    """Rows [begin, end) of work item `item` of `num_items`: an even split, boundaries at ROW_ALIGN multiples."""
-    begin = item * num_rows // num_items // ROW_ALIGN * ROW_ALIGN
-    end = num_rows if item == num_items - 1 else (item + 1) * num_rows // num_items // ROW_ALIGN * ROW_ALIGN
-    return begin, end
-
-
-@jit
-def largest_item(num_items, num_rows):
-    size = 0
-    for item in range(num_items):
-        begin, end = item_bounds(item, num_items, num_rows)
-        size = max(size, end - begin)
-    return size
 
 
 @jit

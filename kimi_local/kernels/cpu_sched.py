@@ -1,4 +1,4 @@
-"""Dynamic work sharing inside a Numba `prange`: a shared atomic counter hands out work items.
+"""Dynamic work sharing inside a Numba `prange`: a shared atomic counter hands out work items (weight rows).
 
 `prange` splits its iterations evenly and up front. The MoE kernel's items all cost the same, so that would be
 balanced on an idle machine, but one preempted thread (the model's own torch threads compute the shared
@@ -19,6 +19,11 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
+
+from kimi_local.kernels.cpu_jit import jit
+
+ITEMS_PER_THREAD = 4  # row items per thread and parallel loop: enough for a preempted thread to fall behind
+ROW_ALIGN = 16  # items start at multiples of this (even, for the GEMV's row pairs)
 
 
 @intrinsic
@@ -43,3 +48,20 @@ def next_item(counter: np.ndarray) -> int:
 @overload(next_item)
 def _next_item_jit(counter):
     return lambda counter: _fetch_add(counter)
+
+
+@jit
+def item_bounds(item, num_items, num_rows):
+    """Rows [begin, end) of work item `item` of `num_items`: an even split, boundaries at ROW_ALIGN multiples."""
+    begin = item * num_rows // num_items // ROW_ALIGN * ROW_ALIGN
+    end = num_rows if item == num_items - 1 else (item + 1) * num_rows // num_items // ROW_ALIGN * ROW_ALIGN
+    return begin, end
+
+
+@jit
+def largest_item(num_items, num_rows):
+    size = 0
+    for item in range(num_items):
+        begin, end = item_bounds(item, num_items, num_rows)
+        size = max(size, end - begin)
+    return size

@@ -60,3 +60,13 @@ def test_gemv_rejects_bad_inputs_by_name(mutate, message):
     x = rng.standard_normal(200).astype(np.float32)
     with pytest.raises((TypeError, ValueError), match=message):
         fp8_gemv(*mutate(codes, scales, x))
+
+
+@pytest.mark.parametrize("num_tokens", [2, 5, 13])
+def test_gemv_takes_a_few_tokens_at_once(num_tokens):
+    rng = np.random.default_rng(num_tokens)
+    codes, scales = random_fp8(rng, (200, 333))
+    x = rng.standard_normal((num_tokens, 333)).astype(np.float32)
+    got = fp8_gemv(codes, scales, x)
+    assert_close(got, fp8_gemv_reference(codes, scales, x), 333)
+    assert np.array_equal(got[1], fp8_gemv(codes, scales, x[1]))  # same sums as one token alone
