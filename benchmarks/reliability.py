@@ -73,6 +73,8 @@ def fuzz(model_dir: Path, examples: int) -> dict:
         statuses.setdefault(operation, {})[status] = n
     for operation, counts in statuses.items():
         print(f"  {operation:32s} " + ", ".join(f"{s}: {n}" for s, n in counts.items()))
+    for example in report.lenient_examples:
+        print(f"  lenient: {example}")
     for failure in report.failures[:5]:
         print(f"\n{failure}")
     return {"fuzz cases": report.cases, "fuzz failures": len(report.failures)}

@@ -56,6 +56,7 @@ class FuzzReport:
     cases: int = 0
     failures: list[FuzzFailure] = field(default_factory=list)
     lenient: int = 0  # schema-violating requests the server accepted (see the module docstring)
+    lenient_examples: list[str] = field(default_factory=list)  # the first few: operation and request body
     statuses: Counter = field(default_factory=Counter)  # (operation, status) -> count
 
     @property
@@ -85,6 +86,8 @@ def _checker(report: FuzzReport, label: str, mode: GenerationMode, base_url: str
                 case.validate_response(response, checks=[negative_data_rejection])
             except FailureGroup:
                 report.lenient += 1
+                if len(report.lenient_examples) < 5:
+                    report.lenient_examples.append(f"{label} {response.status_code}: {_body(case)[:300]}")
 
     return check
 
