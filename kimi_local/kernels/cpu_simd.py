@@ -59,8 +59,9 @@ LANES = 16 if _has_avx512() else 8  # float32 lanes in one native vector registe
 # Micro-kernel tile: TILE_ROWS weight rows x LANES tokens, one accumulator register per row. 24 accumulators
 # and two operands fit AVX-512's 32 registers, 12 fit AVX2's 16.
 TILE_ROWS = 24 if LANES == 16 else 12
-DOT_STEP = 32  # codes per row per step of the e4m3 dot loop; its `length` must be a multiple
-# Tokens one e4m3 dot pass serves (2 rows x this many tokens x DOT_STEP / LANES accumulator registers).
+DOT_STEP = 32  # the e4m3 dot's `length` must be a multiple of this (codes per row per loop step, 1 token)
+# Tokens one e4m3 dot pass serves: 2 rows x 4 tokens x 2 accumulator registers (of 32) on AVX-512, 2 x 2 x 2
+# (of 16) on AVX2.
 DOT_TOKENS = 4 if LANES == 16 else 2
 PREFETCH_BYTES = 16384  # how far ahead of the e4m3 dot's loads each row is prefetched (into L2)
 DECODE_PREFETCH_BYTES = 1024  # the same for the prefill decode, which walks many rows a K chunk at a time
@@ -176,23 +177,25 @@ def _e4m3_dot_codegen(num_rows: int, num_tokens: int):
         width = builder.extract_value(codes.shape, 1)
         xs_width = builder.extract_value(xs.shape, 1)
 
-        byte_vec = _vector(ir.IntType(8), DOT_STEP)
-        half_int_vec = _vector(ir.IntType(16), DOT_STEP)
-        float_vec = _vector(_F32, DOT_STEP)
-        shift = ir.Constant(half_int_vec, [7] * DOT_STEP)
-        mask = ir.Constant(half_int_vec, [0xBFFF] * DOT_STEP)  # clears the second copy of the sign bit
+        # Several tokens need more accumulators: on AVX2's 16 registers they take half as wide a step.
+        n = DOT_STEP if num_tokens == 1 else min(DOT_STEP, 2 * LANES)
+        byte_vec = _vector(ir.IntType(8), n)
+        half_int_vec = _vector(ir.IntType(16), n)
+        float_vec = _vector(_F32, n)
+        shift = ir.Constant(half_int_vec, [7] * n)
+        mask = ir.Constant(half_int_vec, [0xBFFF] * n)  # clears the second copy of the sign bit
         row_bases = [builder.mul(builder.add(row, ir.Constant(_I64, r)), width) for r in range(num_rows)]
         xs_bases = [builder.mul(builder.add(xs_row, ir.Constant(_I64, t)), xs_width) for t in range(num_tokens)]
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(float_vec, None)) for _ in range(num_tokens)]
                 for _ in range(num_rows)]
-        zero, step = ir.Constant(_I64, 0), ir.Constant(_I64, DOT_STEP)
+        zero, step = ir.Constant(_I64, 0), ir.Constant(_I64, n)
         with cgutils.for_range_slice(builder, zero, length, step, inc=True) as (k, _):
             xv = [_load_vector(builder, xs.data, builder.add(b, k), float_vec, align=4) for b in xs_bases]
             for r in range(num_rows):
                 offset = builder.add(row_bases[r], k)
                 raw = _load_vector(builder, codes.data, offset, byte_vec, align=1)
                 half_bits = builder.and_(builder.shl(builder.sext(raw, half_int_vec), shift), mask)
-                w = builder.fpext(builder.bitcast(half_bits, _vector(ir.HalfType(), DOT_STEP)), float_vec)
+                w = builder.fpext(builder.bitcast(half_bits, _vector(ir.HalfType(), n)), float_vec)
                 for t in range(num_tokens):
                     builder.store(_fma(builder, w, xv[t], builder.load(accs[r][t])), accs[r][t])
                 _prefetch_l2(builder, builder.gep(codes.data, [builder.add(offset, ir.Constant(_I64, PREFETCH_BYTES))]))
