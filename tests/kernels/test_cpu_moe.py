@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from kimi_local.kernels.cpu_moe import GEMV_MAX_TOKENS, group_routing, moe_forward, moe_forward_reference
+from kimi_local.kernels.cpu_simd import LANES
 from tests.kernels.cpu_cases import random_expert
 from tests.kernels.test_cpu_gemv import assert_close
 
@@ -53,7 +54,8 @@ def test_both_paths_run_and_unused_experts_are_skipped():
     x = rng.standard_normal((len(ids), 160)).astype(np.float32)
     r = group_routing(ids, weights, expert_ids)
     assert np.diff(r.starts).tolist() == [len(ids), GEMV_MAX_TOKENS + 2, 1, 0]
-    assert np.diff(r.panel_offsets).tolist() == [1, 1, 0, 0] and np.diff(r.row_offsets).tolist() == [0, 0, 1, 0]
+    panels = [-(-n // LANES) for n in (len(ids), GEMV_MAX_TOKENS + 2)]
+    assert np.diff(r.panel_offsets).tolist() == panels + [0, 0] and np.diff(r.row_offsets).tolist() == [0, 0, 1, 0]
     got = moe_forward(x, ids, weights, expert_ids, experts)
     assert_close(got, moe_forward_reference(x, ids, weights, expert_ids, experts), 232)
 

@@ -63,8 +63,10 @@ def test_e4m3_dots_match_the_decoded_products(length):
     for got, (rows, tokens) in zip(results, [(1, 1), (2, 1), (2, 2), (2, 3), (2, 4)]):
         assert len(got) == rows * tokens
         assert np.allclose(np.reshape(got, (rows, tokens)), expected[2 : 2 + rows, 1 : 1 + tokens], rtol=0, atol=tol)
-    # The same row and token give the same sum, in the same order, whatever else the pass computes.
-    assert len({r[0] for r in results}) == 1
+    # The same row and token give the same sum, in the same order, whatever else the pass computes; except
+    # that on AVX2 the several-token passes take half-width steps (a different summation order).
+    same_order = min(DOT_STEP, 2 * LANES) == DOT_STEP
+    assert len({r[0] for r in results}) == 1 if same_order else len({r[0] for r in results[:2]}) == 1
 
 
 @pytest.mark.parametrize("klen,k0", [(1, 0), (5, 3), (128, 0), (200, 17)])
