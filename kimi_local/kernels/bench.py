@@ -77,11 +77,10 @@ def torch_experts(x: torch.Tensor, experts: list[tuple[torch.Tensor, ...]], weig
     return out
 
 
-def seconds_per_call(fn: Callable[[], Any], calls: int = 1) -> float:
+def seconds(fn: Callable[[], Any]) -> float:
     start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
+    fn()
+    return time.perf_counter() - start
 
 
 def run_benchmark(sizes: BenchSizes = FULL, threads: int = 2, seed: int = 0) -> dict[str, Any]:
@@ -130,9 +129,9 @@ def _decode_figures(sizes: BenchSizes, base: list[ExpertWeights], rng: np.random
     ours(ours_sets[0]), theirs(torch_sets[0]), sum_words(words[:1024])  # compile / warm up
     bandwidth, ours_s, theirs_s = [], [], []
     for _ in range(sizes.rounds):  # a round touches every copy once: no weight byte comes from a cache
-        bandwidth.append(words.nbytes / seconds_per_call(lambda: sum_words(words)))
-        ours_s.append(sum(seconds_per_call(lambda: ours(s)) for s in ours_sets) / num_sets)
-        theirs_s.append(sum(seconds_per_call(lambda: theirs(s)) for s in torch_sets) / num_sets)
+        bandwidth.append(words.nbytes / seconds(lambda: sum_words(words)))
+        ours_s.append(sum(seconds(lambda: ours(s)) for s in ours_sets) / num_sets)
+        theirs_s.append(sum(seconds(lambda: theirs(s)) for s in torch_sets) / num_sets)
     read_bw, decode_bps, torch_wps = max(bandwidth), set_bytes / min(ours_s), num_weights / min(theirs_s)
     return {
         "read_bandwidth_gbps": read_bw / 1e9,
@@ -157,8 +156,8 @@ def _prefill_figures(sizes: BenchSizes, expert: ExpertWeights,
         run_ours(), run_theirs()
         ours_s, theirs_s = [], []
         for _ in range(sizes.rounds):
-            ours_s.append(seconds_per_call(run_ours))
-            theirs_s.append(seconds_per_call(run_theirs))
+            ours_s.append(seconds(run_ours))
+            theirs_s.append(seconds(run_theirs))
         ours[str(tokens)] = tokens * flops_per_token / min(ours_s) / 1e9
         theirs[str(tokens)] = tokens * flops_per_token / min(theirs_s) / 1e9
     return {
