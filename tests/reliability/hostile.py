@@ -172,6 +172,15 @@ def cases() -> list[Case]:
             *USER, {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
                                                           "function": {"name": "f", "arguments": "{not json"}}]},
             {"role": "tool", "tool_call_id": "c1", "content": "ok"}]), OK | REFUSED),
+        # -- what a web page can send ---------------------------------------------------------------------------
+        Case("cross-site text/plain POST", CHAT, chat(), {415}, "Content-Type", headers={"content-type": "text/plain"}),
+        Case("form POST (Anthropic)", MESSAGES, b"model=m&max_tokens=1", {415}, "Content-Type",
+             headers={"content-type": "application/x-www-form-urlencoded"}),
+        Case("JSON in another charset", CHAT, chat(), {415}, "UTF-8",
+             headers={"content-type": "application/json; charset=latin-1"}),
+        Case("DNS rebinding: a foreign Host", CHAT, chat(), {400}, "Host", headers={"host": "attacker.example"}),
+        Case("DNS rebinding on a GET", "/v1/models", b"", {400}, "Host", method="GET",
+             headers={"host": "rebind.attacker.example:8000"}),
         # -- routes and methods -------------------------------------------------------------------------------
         Case("GET on a POST route", CHAT, b"", {405}, "not allowed", method="GET"),
         Case("unknown route", "/v1/../../etc/passwd", b"", {404}, method="GET"),
