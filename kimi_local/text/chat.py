@@ -2,7 +2,7 @@
 
 The template is looked up like transformers does: `chat_template.jinja` in the checkpoint directory, else the
 `chat_template` entry of `tokenizer_config.json`, else the bundled Kimi-K2-Instruct template. It runs in
-jinja2's ImmutableSandboxedEnvironment configured as HF's chat-template environment (trim_blocks,
+jinja2's ImmutableSandboxedEnvironment (with size bounds, `template_sandbox`) configured as HF's chat-template environment (trim_blocks,
 lstrip_blocks, loop controls, a `tojson` that does not HTML-escape and keeps key order, `raise_exception`),
 so a checkpoint's template renders here exactly as in `apply_chat_template`.
 
@@ -20,11 +20,11 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from kimi_local.text.control_guard import ControlGuard
 from kimi_local.text.files import CONFIG_FILE, TEMPLATE_FILE, builtin_template_text, read_json_object
 from kimi_local.text.messages import normalize_messages, normalize_tools
+from kimi_local.text.template_sandbox import BoundedSandbox, render_bounded
 from kimi_local.text.tokenizer import KimiTokenizer
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,9 @@ def _raise_exception(message):
     raise jinja2.exceptions.TemplateError(message)
 
 
-def template_environment() -> ImmutableSandboxedEnvironment:
-    """A sandboxed jinja2 environment with the settings and helpers of HF chat templates."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+def template_environment() -> BoundedSandbox:
+    """A sandboxed jinja2 environment (with bounds on value sizes) and the settings and helpers of HF templates."""
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -95,8 +95,8 @@ class ChatFormat:
         eos = names[self.tokenizer.eos_id - self.tokenizer.num_base_tokens]
         bos = names[self.tokenizer.bos_id - self.tokenizer.num_base_tokens]
         try:
-            return self._template.render(
-                messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+            return render_bounded(
+                self._template, messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
                 bos_token=bos, eos_token=eos,
             )
         except jinja2.TemplateError as exc:

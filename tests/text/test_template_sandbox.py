@@ -1,0 +1,33 @@
+"""A hostile chat template in a checkpoint can neither run code nor exhaust memory: every way to build a huge
+value is refused quickly with a clear error."""
+
+import time
+
+import pytest
+
+from kimi_local.text.chat import ChatFormat
+
+HOSTILE = [
+    "{{ 'a' * 10**10 }}",
+    "{{ [0] * 10**9 }}",
+    "{% set n = 10**9 %}{{ 10 ** n }}",
+    "{{ ''.ljust(10**10) }}",
+    "{{ 'x'.center(width=10**10) }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'aaaaaaaaaa' }}{% endfor %}{% endfor %}",
+    "{{ ().__class__.__base__.__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+]
+
+
+@pytest.mark.parametrize("template", HOSTILE)
+def test_hostile_templates_fail_fast_with_a_clear_error(tiny_tok, template):
+    chat = ChatFormat(tiny_tok, template, source="evil/chat_template.jinja")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="evil/chat_template.jinja: chat template failed"):
+        chat.render([{"role": "user", "content": "hi"}])
+    assert time.perf_counter() - t0 < 10
+
+
+def test_bounded_values_below_the_limits_still_render(tiny_tok):
+    chat = ChatFormat(tiny_tok, "{{ '-' * 80 }}{{ 2 ** 100 }}{{ 'x'.ljust(3) }}|", source="ok")
+    assert chat.render([{"role": "user", "content": "hi"}]) == "-" * 80 + str(2**100) + "x  |"
