@@ -49,6 +49,15 @@ class ApiError(Exception):
                                            "message": message}}
 
 
+_DIRECTORIES = re.compile(r"(?<![\w.])(?:/[^/\s'\"]+)+/(?=[^/\s'\"]+)")
+
+
+def engine_failure(error: str | None) -> ApiError:
+    """A request that failed inside the engine: the error names the shard file and tensor, without the
+    directories of the checkpoint's path (a 500; the server log has the full message)."""
+    return ApiError(500, f"generation failed: {_DIRECTORIES.sub('', error or 'unknown error')}", code="engine_error")
+
+
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, param=param, code=code)
 

@@ -20,7 +20,7 @@ from starlette.responses import Response, StreamingResponse
 
 from kimi_local.server.chat_prompt import ChatPrompt, build_chat_prompt
 from kimi_local.text.choice_text import ChoiceEvent, ChoiceText
-from kimi_local.server.errors import ApiError
+from kimi_local.server.errors import engine_failure
 from kimi_local.server.generation import close_streams, run_choices, submit_all
 from kimi_local.server.openai_protocol import (
     ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ChatDelta, ChatMessage,
@@ -109,7 +109,7 @@ class _Run:
                 if self.req.logprobs:
                     logprobs[event.index] += token_logprobs(self.state, event)
                 if event.finish_reason == "error":
-                    raise ApiError(500, f"generation failed: {event.error}", code="engine_error")
+                    raise engine_failure(event.error)
                 if event.is_final:
                     reasons[event.index] = event.finish_reason
         if self.request.state.disconnected:
@@ -141,7 +141,7 @@ class _Run:
                 for frame in self._frames(event):
                     yield frame
                 if event.finish_reason == "error":
-                    error = ApiError(500, f"generation failed: {event.error}", code="engine_error")
+                    error = engine_failure(event.error)
                     yield sse(error.openai_body())
                     yield sse("[DONE]")
                     return

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from kimi_local.text.choice_text import ChoiceEvent, ChoiceText
-from kimi_local.server.errors import ApiError, bad_request
+from kimi_local.server.errors import bad_request, engine_failure
 from kimi_local.server.generation import close_streams, run_choices, submit_all
 from kimi_local.server.openai_protocol import (
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, Usage,
@@ -109,7 +109,7 @@ class _Run:
         async with aclosing(run_choices(self.request, streams, self.texts)) as events:
             async for event in events:
                 if event.finish_reason == "error":
-                    raise ApiError(500, f"generation failed: {event.error}", code="engine_error")
+                    raise engine_failure(event.error)
                 text[event.index] += event.text
                 if self.req.logprobs is not None:
                     part = self._logprobs(event)
@@ -141,7 +141,7 @@ class _Run:
         async with aclosing(run_choices(self.request, streams, self.texts)) as events:
             async for event in events:
                 if event.finish_reason == "error":
-                    yield sse(ApiError(500, f"generation failed: {event.error}", code="engine_error").openai_body())
+                    yield sse(engine_failure(event.error).openai_body())
                     yield sse("[DONE]")
                     return
                 logprobs = self._logprobs(event) if self.req.logprobs is not None else None

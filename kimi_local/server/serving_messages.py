@@ -33,7 +33,7 @@ from kimi_local.server.anthropic_protocol import (
 )
 from kimi_local.server.chat_prompt import ChatPrompt, build_chat_prompt
 from kimi_local.text.choice_text import ChoiceEvent, ChoiceText
-from kimi_local.server.errors import ApiError
+from kimi_local.server.errors import engine_failure
 from kimi_local.server.generation import close_streams, run_choices, submit_all
 from kimi_local.server.reply import Reply
 from kimi_local.server.serving_chat import CLIENT_GONE
@@ -117,7 +117,7 @@ class _Run:
         async with aclosing(run_choices(self.request, streams, [self.text])) as events:
             async for event in events:
                 if event.finish_reason == "error":
-                    raise ApiError(500, f"generation failed: {event.error}", code="engine_error")
+                    raise engine_failure(event.error)
                 self._items(event)
                 if event.is_final:
                     final = event
@@ -144,7 +144,7 @@ class _Run:
                     yield sse({"type": "ping"}, "ping")
                     continue
                 if event.finish_reason == "error":
-                    error = ApiError(500, f"generation failed: {event.error}", code="engine_error")
+                    error = engine_failure(event.error)
                     yield sse(error.anthropic_body(), "error")
                     return
                 for item in self._items(event):
