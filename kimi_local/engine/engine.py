@@ -144,6 +144,10 @@ class Engine:
 
     # -- scheduling ----------------------------------------------------------------------------------------
     def _finish(self, request: Request, reason: str, error: str | None = None) -> None:
+        # Counted before the request leaves `_running`: a reader that sees it gone sees it counted.
+        self.stats.finished_requests += 1
+        if reason == "error":
+            self.stats.failed_requests += 1
         request.finish_reason = reason
         request.error = error
         if request.slot is not None:
@@ -151,9 +155,6 @@ class Engine:
             request.slot = None
         if request in self._running:
             self._running.remove(request)
-        self.stats.finished_requests += 1
-        if reason == "error":
-            self.stats.failed_requests += 1
 
     def _intake(self) -> list[StepOutput]:
         outputs = []
