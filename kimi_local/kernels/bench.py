@@ -7,8 +7,9 @@ that every figure sees the same machine load; each figure is the best round:
   larger than the caches, allocated and touched once (re-allocating it every round costs page faults and
   disturbs the other measurements);
 * decode: one token through 8 experts of Kimi-K2's shapes (gate/up [2048, 7168], down [7168, 2048]) with
-  `moe_forward`, rotating over several distinct copies of the experts so that no weight byte comes from a
-  cache; reported as fp8 weight bytes per second (= weights per second). Torch's side: the same experts
+  `moe_forward`, the experts in slots of one buffer as the RAM expert cache holds them, rotating over
+  several distinct copies so that no weight byte comes from a cache; reported as fp8 weight bytes per second
+  (= weights per second). Torch's side: the same experts
   already dequantized to bf16, `F.linear` per matrix (what a user would run), in weights per second;
 * prefill: 16, 64 and 256 tokens through one expert (`moe_forward`, the decode-once GEMM path) against torch
   fp32 matmuls on the same expert dequantized to float32, in GFLOP/s (2 * tokens * 3 * I * H per pass).
@@ -59,8 +60,22 @@ def random_expert(sizes: BenchSizes, rng: np.random.Generator) -> ExpertWeights:
     return ExpertWeights(*arrays)
 
 
-def copy_expert(w: ExpertWeights) -> ExpertWeights:
-    return ExpertWeights(*(a.copy() for a in (w.gate_q, w.gate_s, w.up_q, w.up_s, w.down_q, w.down_s)))
+def in_slots(experts: list[ExpertWeights]) -> list[ExpertWeights]:
+    """Copies of `experts` laid out the way the engine holds them: one buffer cut into page-aligned slots, an
+    expert's six arrays back to back in its slot (the RAM expert cache's arena, `cache/slots.py`)."""
+    arrays = [(w.gate_q, w.gate_s, w.up_q, w.up_s, w.down_q, w.down_s) for w in experts]
+    slot_bytes = -(-sum(-(-a.nbytes // 64) * 64 for a in arrays[0]) // 4096) * 4096
+    arena = np.empty(slot_bytes * len(experts), np.uint8)
+    placed = []
+    for i, group in enumerate(arrays):
+        offset, views = i * slot_bytes, []
+        for a in group:
+            view = arena[offset : offset + a.nbytes].view(a.dtype).reshape(a.shape)
+            view[...] = a
+            views.append(view)
+            offset += -(-a.nbytes // 64) * 64
+        placed.append(ExpertWeights(*views))
+    return placed
 
 
 def dequantized(w: ExpertWeights, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,7 +126,7 @@ def _decode_figures(sizes: BenchSizes, base: list[ExpertWeights], rng: np.random
     set_bytes = sum(w.nbytes for w in base)
     num_weights = sum(w.gate_q.size + w.up_q.size + w.down_q.size for w in base)
     num_sets = max(2, -(-sizes.rotation_bytes // set_bytes))
-    ours_sets = [base] + [[copy_expert(w) for w in base] for _ in range(num_sets - 1)]
+    ours_sets = [in_slots(base) for _ in range(num_sets)]
     torch_base = [dequantized(w, torch.bfloat16) for w in base]
     torch_sets = [torch_base] + [[tuple(t.clone() for t in e) for e in torch_base] for _ in range(num_sets - 1)]
     routing_weights = (rng.random((1, k), dtype=np.float32) + 0.5) / k
