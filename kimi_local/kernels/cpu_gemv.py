@@ -24,7 +24,7 @@ from kimi_local.kernels.cpu_jit import jit, parallel_jit
 from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, next_item
 from kimi_local.kernels.cpu_simd import (
     DOT_STEP, DOT_TOKENS, HALF_BIAS_SHIFT, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3, e4m3_dot_2x4,
-    e4m3_half_bits, half_to_float,
+    e4m3_half_bits, half_to_float, prefetch_head,
 )
 from kimi_local.model.fp8 import BLOCK, dequantize
 
@@ -69,6 +69,7 @@ def gemv_rows(codes, scales, x, r0, r1, xs, y):
     num_tokens = x.shape[0]
     num_cols = codes.shape[1]
     main = num_cols - num_cols % DOT_STEP
+    prefetch_head(codes, r0, r1 - r0)
     r = r0
     while r < r1:
         block = r // BLOCK
@@ -81,13 +82,13 @@ def gemv_rows(codes, scales, x, r0, r1, xs, y):
             while t < num_tokens:
                 n = min(DOT_TOKENS, num_tokens - t)
                 if n == 1:
-                    store_pair(y, e4m3_dot_2x1(codes, r, xs, t, main), t, 1, col)
+                    store_pair(y, e4m3_dot_2x1(codes, r, xs, t, main, r1), t, 1, col)
                 elif n == 2:
-                    store_pair(y, e4m3_dot_2x2(codes, r, xs, t, main), t, 2, col)
+                    store_pair(y, e4m3_dot_2x2(codes, r, xs, t, main, r1), t, 2, col)
                 elif n == 3:
-                    store_pair(y, e4m3_dot_2x3(codes, r, xs, t, main), t, 3, col)
+                    store_pair(y, e4m3_dot_2x3(codes, r, xs, t, main, r1), t, 3, col)
                 else:
-                    store_pair(y, e4m3_dot_2x4(codes, r, xs, t, main), t, 4, col)
+                    store_pair(y, e4m3_dot_2x4(codes, r, xs, t, main, r1), t, 4, col)
                 t += n
             if main < num_cols:
                 for t in range(num_tokens):
@@ -96,7 +97,7 @@ def gemv_rows(codes, scales, x, r0, r1, xs, y):
             r += 2
         if r < run_end:
             for t in range(num_tokens):
-                (a,) = e4m3_dot_1x1(codes, r, xs, t, main)
+                (a,) = e4m3_dot_1x1(codes, r, xs, t, main, r1)
                 y[t, r - r0] = a + e4m3_dot_tail(codes, r, xs, t, main)
             r += 1
 

@@ -170,7 +170,7 @@ def _is_c_array(t, dtype, ndim) -> bool:
 
 def _e4m3_dot_codegen(num_rows: int, num_tokens: int):
     def codegen(context, builder, signature, args):
-        codes_t, row_t, xs_t, xs_row_t, length_t = signature.args
+        codes_t, row_t, xs_t, xs_row_t, length_t, end_row_t = signature.args
         codes = context.make_array(codes_t)(context, builder, args[0])
         xs = context.make_array(xs_t)(context, builder, args[2])
         row = _as_intp(context, builder, args[1], row_t)
@@ -178,6 +178,10 @@ def _e4m3_dot_codegen(num_rows: int, num_tokens: int):
         length = _as_intp(context, builder, args[4], length_t)
         width = builder.extract_value(codes.shape, 1)
         xs_width = builder.extract_value(xs.shape, 1)
+        # Prefetches stop at the end of the caller's run of rows: past it lies another expert's matrix or
+        # another thread's rows, and with runs of a few MB the overshoot would waste several % of the reads.
+        prefetch_end = builder.sub(builder.mul(_as_intp(context, builder, args[5], end_row_t), width),
+                                   ir.Constant(_I64, 64))
 
         # Several tokens need more accumulators: on AVX2's 16 registers they take half as wide a step.
         n = DOT_STEP if num_tokens == 1 else min(DOT_STEP, 2 * LANES)
@@ -200,7 +204,9 @@ def _e4m3_dot_codegen(num_rows: int, num_tokens: int):
                 w = builder.fpext(builder.bitcast(half_bits, _vector(ir.HalfType(), n)), float_vec)
                 for t in range(num_tokens):
                     builder.store(_fma(builder, w, xv[t], builder.load(accs[r][t])), accs[r][t])
-                _prefetch_l2(builder, builder.gep(codes.data, [builder.add(offset, ir.Constant(_I64, PREFETCH_BYTES))]))
+                ahead = builder.add(offset, ir.Constant(_I64, PREFETCH_BYTES))
+                ahead = builder.select(builder.icmp_signed("<", ahead, prefetch_end), ahead, prefetch_end)
+                _prefetch_l2(builder, builder.gep(codes.data, [ahead]))
         sums = [_horizontal_sum(builder, builder.load(a)) for row_accs in accs for a in row_accs]
         return context.make_tuple(builder, signature.return_type, sums)
 
@@ -208,13 +214,13 @@ def _e4m3_dot_codegen(num_rows: int, num_tokens: int):
 
 
 def _e4m3_dot_typer(num_rows: int, num_tokens: int):
-    def typer(typingctx, codes, row, xs, xs_row, length):
+    def typer(typingctx, codes, row, xs, xs_row, length, end_row):
         if not (_is_c_array(codes, types.uint8, 2) and _is_c_array(xs, types.float32, 2)):
             return None
-        if not all(isinstance(t, types.Integer) for t in (row, xs_row, length)):
+        if not all(isinstance(t, types.Integer) for t in (row, xs_row, length, end_row)):
             return None
         ret = types.UniTuple(types.float32, num_rows * num_tokens)
-        return ret(codes, row, xs, xs_row, length), _e4m3_dot_codegen(num_rows, num_tokens)
+        return ret(codes, row, xs, xs_row, length, end_row), _e4m3_dot_codegen(num_rows, num_tokens)
 
     return typer
 
@@ -233,53 +239,90 @@ _e4m3_dot_2x3 = intrinsic(_e4m3_dot_typer(2, 3))
 _e4m3_dot_2x4 = intrinsic(_e4m3_dot_typer(2, 4))
 
 
-def e4m3_dot_1x1(codes, row, xs, xs_row, length):
+def e4m3_dot_1x1(codes, row, xs, xs_row, length, end_row):
     """(sum_k half(codes[row, k]) * xs[xs_row, k],) over k < length (a multiple of DOT_STEP), where half() is
-    the e4m3 value / 256. Rows are indices, not views: nothing is built per call in the hot loop."""
+    the e4m3 value / 256. Rows are indices, not views: nothing is built per call in the hot loop. Rows at and
+    past `end_row` are not prefetched (the end of the caller's run)."""
     return _e4m3_dot_twin(codes, row, xs, xs_row, length, 1, 1)
 
 
-def e4m3_dot_2x1(codes, row, xs, xs_row, length):
+def e4m3_dot_2x1(codes, row, xs, xs_row, length, end_row):
     """Rows `row`, `row + 1` against xs row `xs_row`: two sums sharing the loads of `xs`."""
     return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 1)
 
 
-def e4m3_dot_2x2(codes, row, xs, xs_row, length):
+def e4m3_dot_2x2(codes, row, xs, xs_row, length, end_row):
     """Rows `row`, `row + 1` against xs rows `xs_row`, `xs_row + 1`: each code decoded once for both tokens."""
     return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 2)
 
 
-def e4m3_dot_2x3(codes, row, xs, xs_row, length):
+def e4m3_dot_2x3(codes, row, xs, xs_row, length, end_row):
     return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 3)
 
 
-def e4m3_dot_2x4(codes, row, xs, xs_row, length):
+def e4m3_dot_2x4(codes, row, xs, xs_row, length, end_row):
     return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 4)
 
 
 @overload(e4m3_dot_1x1)
-def _e4m3_dot_1x1_jit(codes, row, xs, xs_row, length):
-    return lambda codes, row, xs, xs_row, length: _e4m3_dot_1x1(codes, row, xs, xs_row, length)
+def _e4m3_dot_1x1_jit(codes, row, xs, xs_row, length, end_row):
+    return lambda codes, row, xs, xs_row, length, end_row: _e4m3_dot_1x1(codes, row, xs, xs_row, length, end_row)
 
 
 @overload(e4m3_dot_2x1)
-def _e4m3_dot_2x1_jit(codes, row, xs, xs_row, length):
-    return lambda codes, row, xs, xs_row, length: _e4m3_dot_2x1(codes, row, xs, xs_row, length)
+def _e4m3_dot_2x1_jit(codes, row, xs, xs_row, length, end_row):
+    return lambda codes, row, xs, xs_row, length, end_row: _e4m3_dot_2x1(codes, row, xs, xs_row, length, end_row)
 
 
 @overload(e4m3_dot_2x2)
-def _e4m3_dot_2x2_jit(codes, row, xs, xs_row, length):
-    return lambda codes, row, xs, xs_row, length: _e4m3_dot_2x2(codes, row, xs, xs_row, length)
+def _e4m3_dot_2x2_jit(codes, row, xs, xs_row, length, end_row):
+    return lambda codes, row, xs, xs_row, length, end_row: _e4m3_dot_2x2(codes, row, xs, xs_row, length, end_row)
 
 
 @overload(e4m3_dot_2x3)
-def _e4m3_dot_2x3_jit(codes, row, xs, xs_row, length):
-    return lambda codes, row, xs, xs_row, length: _e4m3_dot_2x3(codes, row, xs, xs_row, length)
+def _e4m3_dot_2x3_jit(codes, row, xs, xs_row, length, end_row):
+    return lambda codes, row, xs, xs_row, length, end_row: _e4m3_dot_2x3(codes, row, xs, xs_row, length, end_row)
 
 
 @overload(e4m3_dot_2x4)
-def _e4m3_dot_2x4_jit(codes, row, xs, xs_row, length):
-    return lambda codes, row, xs, xs_row, length: _e4m3_dot_2x4(codes, row, xs, xs_row, length)
+def _e4m3_dot_2x4_jit(codes, row, xs, xs_row, length, end_row):
+    return lambda codes, row, xs, xs_row, length, end_row: _e4m3_dot_2x4(codes, row, xs, xs_row, length, end_row)
+
+
+# -- prefetching a region's head ----------------------------------------------------------------------------
+
+
+def _prefetch_head_codegen(context, builder, signature, args):
+    codes_t, row_t, rows_t = signature.args
+    codes = context.make_array(codes_t)(context, builder, args[0])
+    row = _as_intp(context, builder, args[1], row_t)
+    rows = _as_intp(context, builder, args[2], rows_t)
+    width = builder.extract_value(codes.shape, 1)
+    start = builder.mul(row, width)
+    size = builder.mul(rows, width)
+    limit = ir.Constant(_I64, PREFETCH_BYTES)
+    end = builder.add(start, builder.select(builder.icmp_signed("<", size, limit), size, limit))
+    with cgutils.for_range_slice(builder, start, end, ir.Constant(_I64, 64), inc=True) as (offset, _):
+        _prefetch_l2(builder, builder.gep(codes.data, [offset]))
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _prefetch_head(typingctx, codes, row, rows):
+    if not (_is_c_array(codes, types.uint8, 2) and isinstance(row, types.Integer) and isinstance(rows, types.Integer)):
+        return None
+    return types.void(codes, row, rows), _prefetch_head_codegen
+
+
+def prefetch_head(codes, row, rows):
+    """Prefetch the first PREFETCH_BYTES of rows `row:row + rows`: the dot loop prefetches that far ahead as
+    it goes, so a run of rows that starts cold (a new expert, a new work item) catches up at once instead of
+    waiting on memory for its first 16 KiB. (A hint: nothing to do without the JIT.)"""
+
+
+@overload(prefetch_head)
+def _prefetch_head_jit(codes, row, rows):
+    return lambda codes, row, rows: _prefetch_head(codes, row, rows)
 
 
 # -- e4m3 row segment -> scaled float32 ---------------------------------------------------------------------
