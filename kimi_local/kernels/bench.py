@@ -31,7 +31,7 @@ import torch
 
 from kimi_local.bandwidth import sum_words
 from kimi_local.kernels.cpu_experts import usable_threads
-from kimi_local.kernels.cpu_moe import moe_forward
+from kimi_local.kernels.cpu_moe import Workspace, moe_forward
 from kimi_local.model.experts import ExpertWeights
 from kimi_local.model.fp8 import dequantize, scale_grid_shape
 
@@ -134,8 +134,10 @@ def _decode_figures(sizes: BenchSizes, base: list[ExpertWeights], rng: np.random
     x_bf16 = torch.from_numpy(x).to(torch.bfloat16)
     ids = np.arange(k)
 
+    workspace = Workspace()  # as NumbaExperts keeps one
+
     def ours(experts):
-        return moe_forward(x, ids[None, :], routing_weights, ids, experts)
+        return moe_forward(x, ids[None, :], routing_weights, ids, experts, workspace)
 
     def theirs(experts):
         return torch_experts(x_bf16, experts, routing_weights[0].tolist())
@@ -160,13 +162,14 @@ def _decode_figures(sizes: BenchSizes, base: list[ExpertWeights], rng: np.random
 def _prefill_figures(sizes: BenchSizes, expert: ExpertWeights,
                      rng: np.random.Generator) -> dict[str, dict[str, float]]:
     fp32 = [dequantized(expert, torch.float32)]
+    workspace = Workspace()
     flops_per_token = 2 * 3 * sizes.inter * sizes.hidden
     ours, theirs = {}, {}
     for tokens in sizes.prefill_tokens:
         x = rng.standard_normal((tokens, sizes.hidden), dtype=np.float32)
         x_torch = torch.from_numpy(x)
         ids, weights = np.zeros((tokens, 1), np.int64), np.ones((tokens, 1), np.float32)
-        run_ours = lambda: moe_forward(x, ids, weights, [0], [expert])  # noqa: E731
+        run_ours = lambda: moe_forward(x, ids, weights, [0], [expert], workspace)  # noqa: E731
         run_theirs = lambda: torch_experts(x_torch, fp32, [1.0])  # noqa: E731
         run_ours(), run_theirs()
         ours_s, theirs_s = [], []

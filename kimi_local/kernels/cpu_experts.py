@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-from kimi_local.kernels.cpu_moe import moe_forward
+from kimi_local.kernels.cpu_moe import Workspace, moe_forward
 from kimi_local.model.experts import ExpertSource
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class NumbaExperts:
     def __init__(self, source: ExpertSource, num_threads: int):
         self.source = source
         self.num_threads = usable_threads(num_threads)
+        self.workspace = Workspace()  # the model calls from one worker thread at a time
 
     def prefetch(self, layer_idx: int, expert_ids: torch.Tensor) -> None:
         """Passed on to the source if it can read ahead (the expert cache can; a bare checkpoint cannot)."""
@@ -55,5 +56,5 @@ class NumbaExperts:
         xs = x.detach().to("cpu", torch.float32).contiguous().numpy()
         weights = topk_weights.detach().to("cpu", torch.float32).contiguous().numpy()
         numba.set_num_threads(self.num_threads)
-        out = moe_forward(xs, ids, weights, expert_ids, experts)
+        out = moe_forward(xs, ids, weights, expert_ids, experts, self.workspace)
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)

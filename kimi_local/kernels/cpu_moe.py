@@ -34,7 +34,7 @@ from kimi_local.kernels.cpu_checks import check_activations, check_fp8_arrays
 from kimi_local.kernels.cpu_gemm import GEMM_ROWS, K_CHUNK, gemm_rows, round_up
 from kimi_local.kernels.cpu_gemv import gemv_rows
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, largest_item, next_item
+from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, next_item
 from kimi_local.kernels.cpu_simd import DOT_TOKENS, LANES, TILE_ROWS
 from kimi_local.kernels.cpu_views import address_of, f32_matrix_at, u8_matrix_at
 from kimi_local.model.experts import ExpertWeights
@@ -59,6 +59,8 @@ class Routing:
     weights: np.ndarray  # float32 [T * k]
     panel_offsets: np.ndarray  # int64 [E + 1], in panels (LANES tokens each)
     row_offsets: np.ndarray  # int64 [E + 1], in rows (one token each)
+    gemv_experts: np.ndarray  # int64: the experts with 1..GEMV_MAX_TOKENS tokens
+    tile_experts: np.ndarray  # int64: the experts with more
 
 
 def group_routing(topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: np.ndarray) -> Routing:
@@ -90,6 +92,8 @@ def group_routing(topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: np
         weights=np.ascontiguousarray(topk_weights.reshape(-1)[slot_order], dtype=np.float32),
         panel_offsets=panel_offsets,
         row_offsets=row_offsets,
+        gemv_experts=np.flatnonzero(rows).astype(np.int64),
+        tile_experts=np.flatnonzero(panels).astype(np.int64),
     )
 
 
@@ -148,117 +152,157 @@ def expert_matrices(addresses, e, rows, cols):
 
 
 @jit
-def _gate_up_rows(gate, up, inter, hidden, starts, panel_offsets, row_offsets, x_panels, x_rows, h_panels, h_rows,
-                  r_begin, r_end, tile, g_tile, u_tile, xs, g_rows, u_rows):
-    """One work item of phase 1: h[:, r_begin:r_end] = silu(gate x) * up x for every expert with tokens."""
-    for e in range(starts.size - 1):
-        count = starts[e + 1] - starts[e]
-        if count == 0:
-            continue
-        gate_q, gate_s = expert_matrices(gate, e, inter, hidden)
-        up_q, up_s = expert_matrices(up, e, inter, hidden)
-        p0, p1 = panel_offsets[e], panel_offsets[e + 1]
-        if p1 > p0:
-            xp = x_panels[p0:p1]
-            hp = h_panels[p0:p1]
-            step = gemm_block_rows(r_end - r_begin)
-            for r0 in range(r_begin, r_end, step):
-                r1 = min(r_end, r0 + step)
-                gemm_rows(gate_q, gate_s, xp, r0, r1, tile, g_tile[: p1 - p0])
-                gemm_rows(up_q, up_s, xp, r0, r1, tile, u_tile[: p1 - p0])
-                for p in range(p1 - p0):
-                    for j in range(r1 - r0):
-                        dst = hp[p, r0 + j]
-                        g = g_tile[p, j]
-                        u = u_tile[p, j]
-                        for lane in range(LANES):
-                            dst[lane] = silu_mul(g[lane], u[lane])
-        else:
-            xr = x_rows[row_offsets[e] : row_offsets[e + 1]]
-            gemv_rows(gate_q, gate_s, xr, r_begin, r_end, xs, g_rows)
-            gemv_rows(up_q, up_s, xr, r_begin, r_end, xs, u_rows)
-            for t in range(count):
-                dst = h_rows[row_offsets[e] + t]
-                for j in range(r_end - r_begin):
-                    dst[r_begin + j] = silu_mul(g_rows[t, j], u_rows[t, j])
-
-
-@parallel_jit
-def _gate_up(gate, up, inter, hidden, starts, panel_offsets, row_offsets, x_panels, x_rows,
-             h_panels, h_rows, num_items, num_workers):
-    """Phase 1 over `num_items` row items, handed out to the threads by a shared counter (`cpu_sched`).
-    gate, up: int64 [E, 2] addresses of each expert's codes and scales."""
-    max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
-    item_size = largest_item(num_items, inter)
-    counter = np.zeros(1, np.int64)
-    for _ in prange(num_workers):
-        tile = np.empty((GEMM_ROWS, min(K_CHUNK, hidden)), np.float32)
-        g_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
-        u_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
-        xs = np.empty((max_rows, hidden), np.float32)
-        g_rows = np.empty((max_rows, item_size), np.float32)
-        u_rows = np.empty((max_rows, item_size), np.float32)
-        item = next_item(counter)
-        while item < num_items:
-            r_begin, r_end = item_bounds(item, num_items, inter)
-            _gate_up_rows(gate, up, inter, hidden, starts, panel_offsets, row_offsets, x_panels, x_rows, h_panels,
-                          h_rows, r_begin, r_end, tile, g_tile, u_tile, xs, g_rows, u_rows)
-            item = next_item(counter)
+def _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs):
+    """A GEMV work item of phase 1: virtual rows [v0, v1) of the GEMV experts' gate and up matrices laid end
+    to end (expert by expert, gate then up), so an item reads one or two long runs of weights."""
+    v = v0
+    while v < v1:
+        matrix = v // inter  # 2 * position in gemv_experts + (0: gate, 1: up)
+        r0 = v - matrix * inter
+        r1 = min(inter, r0 + v1 - v)
+        e = gemv_experts[matrix // 2]
+        codes, scales = expert_matrices(gate if matrix % 2 == 0 else up, e, inter, hidden)
+        rows = x_rows[row_offsets[e] : row_offsets[e + 1]]
+        gemv_rows(codes, scales, rows, r0, r1, xs, gu_rows[row_offsets[e] : row_offsets[e + 1], matrix % 2, r0:r1])
+        v += r1 - r0
 
 
 @jit
-def _down_rows(down, inter, hidden, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
-               r_begin, r_end, tile, y_tile, xs, y_rows, out):
-    """One work item of phase 2: out[:, r_begin:r_end] += w * down h, for every expert with tokens."""
-    for e in range(starts.size - 1):
-        s0, s1 = starts[e], starts[e + 1]
-        if s1 == s0:
-            continue
-        down_q, down_s = expert_matrices(down, e, hidden, inter)
+def _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r_begin, r_end,
+                   tile, g_tile, u_tile):
+    """A GEMM work item of phase 1: rows [r_begin, r_end) of h for every tiled expert."""
+    for e in tile_experts:
+        gate_q, gate_s = expert_matrices(gate, e, inter, hidden)
+        up_q, up_s = expert_matrices(up, e, inter, hidden)
         p0, p1 = panel_offsets[e], panel_offsets[e + 1]
-        if p1 > p0:
-            hp = h_panels[p0:p1]
-            step = gemm_block_rows(r_end - r_begin)
-            for r0 in range(r_begin, r_end, step):
-                r1 = min(r_end, r0 + step)
-                gemm_rows(down_q, down_s, hp, r0, r1, tile, y_tile[: p1 - p0])
-                for m in range(s0, s1):
-                    dst = out[tokens[m]]
-                    w = weights[m]
-                    y = y_tile[(m - s0) // LANES]
-                    lane = (m - s0) % LANES
-                    for j in range(r1 - r0):
-                        dst[r0 + j] += w * y[j, lane]
-        else:
-            hr = h_rows[row_offsets[e] : row_offsets[e + 1]]
-            gemv_rows(down_q, down_s, hr, r_begin, r_end, xs, y_rows)
-            for m in range(s0, s1):
-                dst = out[tokens[m]]
-                w = weights[m]
-                y = y_rows[m - s0]
-                for j in range(r_end - r_begin):
-                    dst[r_begin + j] += w * y[j]
+        xp = x_panels[p0:p1]
+        hp = h_panels[p0:p1]
+        step = gemm_block_rows(r_end - r_begin)
+        for r0 in range(r_begin, r_end, step):
+            r1 = min(r_end, r0 + step)
+            gemm_rows(gate_q, gate_s, xp, r0, r1, tile, g_tile[: p1 - p0])
+            gemm_rows(up_q, up_s, xp, r0, r1, tile, u_tile[: p1 - p0])
+            for p in range(p1 - p0):
+                for j in range(r1 - r0):
+                    dst = hp[p, r0 + j]
+                    g = g_tile[p, j]
+                    u = u_tile[p, j]
+                    for lane in range(LANES):
+                        dst[lane] = silu_mul(g[lane], u[lane])
 
 
 @parallel_jit
-def _down(down, inter, hidden, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
-          num_items, num_workers, out):
-    """Phase 2 over `num_items` row items of the output, handed out by a shared counter; an item owns its
-    output columns for all tokens, so the weighted sums need no synchronization."""
+def _gate_up(gate, up, inter, hidden, row_offsets, panel_offsets, gemv_experts, tile_experts, x_rows, x_panels,
+             gu_rows, h_panels, num_gemv_items, num_tile_items, num_workers):
+    """Phase 1: GEMV items (gate and up products into gu_rows) and GEMM items (h straight into h_panels), all
+    handed out by one shared counter (`cpu_sched`). gate, up: int64 [E, 2] codes/scales addresses."""
     max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
-    item_size = largest_item(num_items, hidden)
+    num_virtual = gemv_experts.size * 2 * inter
     counter = np.zeros(1, np.int64)
     for _ in prange(num_workers):
+        xs = np.empty((max_rows, hidden), np.float32)
+        tile = np.empty((GEMM_ROWS, min(K_CHUNK, hidden)), np.float32)
+        g_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
+        u_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
+        item = next_item(counter)
+        while item < num_gemv_items + num_tile_items:
+            if item < num_gemv_items:
+                v0, v1 = item_bounds(item, num_gemv_items, num_virtual)
+                _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs)
+            else:
+                r0, r1 = item_bounds(item - num_gemv_items, num_tile_items, inter)
+                _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r0, r1,
+                               tile, g_tile, u_tile)
+            item = next_item(counter)
+
+
+@parallel_jit
+def _silu_rows(gu_rows):
+    """gu_rows[:, 0] = silu(gate) * up, in place: the GEMV experts' h."""
+    for row in prange(gu_rows.shape[0]):
+        g = gu_rows[row, 0]
+        u = gu_rows[row, 1]
+        for i in range(g.size):
+            g[i] = silu_mul(g[i], u[i])
+
+
+@jit
+def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, xs):
+    """A GEMV work item of phase 2: virtual rows [v0, v1) of the GEMV experts' down matrices end to end."""
+    v = v0
+    while v < v1:
+        g = v // hidden
+        r0 = v - g * hidden
+        r1 = min(hidden, r0 + v1 - v)
+        e = gemv_experts[g]
+        codes, scales = expert_matrices(down, e, hidden, inter)
+        h = gu_rows[row_offsets[e] : row_offsets[e + 1], 0]
+        gemv_rows(codes, scales, h, r0, r1, xs, y_rows[row_offsets[e] : row_offsets[e + 1], r0:r1])
+        v += r1 - r0
+
+
+@jit
+def _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels, r_begin, r_end,
+                tile, y_tile, out):
+    """A GEMM work item of phase 2: out[:, r_begin:r_end] += w * down h for every tiled expert (the item owns
+    these output columns among the GEMM items, so no synchronization)."""
+    for e in tile_experts:
+        s0, s1 = starts[e], starts[e + 1]
+        down_q, down_s = expert_matrices(down, e, hidden, inter)
+        p0, p1 = panel_offsets[e], panel_offsets[e + 1]
+        hp = h_panels[p0:p1]
+        step = gemm_block_rows(r_end - r_begin)
+        for r0 in range(r_begin, r_end, step):
+            r1 = min(r_end, r0 + step)
+            gemm_rows(down_q, down_s, hp, r0, r1, tile, y_tile[: p1 - p0])
+            for m in range(s0, s1):
+                dst = out[tokens[m]]
+                w = weights[m]
+                y = y_tile[(m - s0) // LANES]
+                lane = (m - s0) % LANES
+                for j in range(r1 - r0):
+                    dst[r0 + j] += w * y[j, lane]
+
+
+@parallel_jit
+def _down(down, inter, hidden, starts, tokens, weights, row_offsets, panel_offsets, gemv_experts, tile_experts,
+          gu_rows, h_panels, y_rows, num_gemv_items, num_tile_items, num_workers, out):
+    """Phase 2: GEMV items (down products into y_rows) and GEMM items (weighted, straight into out)."""
+    max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
+    num_virtual = gemv_experts.size * hidden
+    counter = np.zeros(1, np.int64)
+    for _ in prange(num_workers):
+        xs = np.empty((max_rows, inter), np.float32)
         tile = np.empty((GEMM_ROWS, min(K_CHUNK, inter)), np.float32)
         y_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
-        xs = np.empty((max_rows, inter), np.float32)
-        y_rows = np.empty((max_rows, item_size), np.float32)
         item = next_item(counter)
-        while item < num_items:
-            r_begin, r_end = item_bounds(item, num_items, hidden)
-            _down_rows(down, inter, hidden, starts, tokens, weights, panel_offsets, row_offsets, h_panels, h_rows,
-                       r_begin, r_end, tile, y_tile, xs, y_rows, out)
+        while item < num_gemv_items + num_tile_items:
+            if item < num_gemv_items:
+                v0, v1 = item_bounds(item, num_gemv_items, num_virtual)
+                _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, xs)
+            else:
+                r0, r1 = item_bounds(item - num_gemv_items, num_tile_items, hidden)
+                _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels,
+                            r0, r1, tile, y_tile, out)
             item = next_item(counter)
+
+
+@parallel_jit
+def _add_gemv_outputs(starts, tokens, weights, row_offsets, gemv_experts, y_rows, out):
+    """Phase 3: out[t] += w * y for the GEMV experts' rows, split by columns (after phase 2's GEMM items, in
+    slot order: deterministic)."""
+    hidden = out.shape[1]
+    for chunk in prange((hidden + K_CHUNK - 1) // K_CHUNK):
+        c0 = chunk * K_CHUNK
+        c1 = min(hidden, c0 + K_CHUNK)
+        for e in gemv_experts:
+            s0 = starts[e]
+            for m in range(s0, starts[e + 1]):
+                dst = out[tokens[m]]
+                y = y_rows[row_offsets[e] + m - s0]
+                w = weights[m]
+                for c in range(c0, c1):
+                    dst[c] += w * y[c]
 
 
 def _weight_tables(experts: Sequence[ExpertWeights]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
@@ -279,13 +323,32 @@ def _weight_tables(experts: Sequence[ExpertWeights]) -> tuple[np.ndarray, np.nda
     return tables[0], tables[1], tables[2], alive
 
 
+class Workspace:
+    """The kernel's scratch buffers, kept between calls: a fresh allocation of a few hundred KiB per layer
+    costs page faults worth ~2% of a decode step (and far more for prefill). One per calling thread."""
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
+        size = int(np.prod(shape))
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.size < size:
+            buffer = self._buffers[name] = np.empty(max(size, 1), np.float32)
+        view = buffer[:size].reshape(shape)
+        if zero:
+            view.fill(0.0)
+        return view
+
+
 def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: Sequence[int],
-                experts: Sequence[ExpertWeights]) -> np.ndarray:
-    """sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]) as float32 [T, H].
+                experts: Sequence[ExpertWeights], workspace: Workspace | None = None) -> np.ndarray:
+    """sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]) as float32 [T, H] (a new array).
 
     x: float32 [T, H]; topk_ids: int [T, k], each id in `expert_ids`; topk_weights: float32 [T, k];
     experts[i]: the weights of expert expert_ids[i] (distinct ids; an expert without tokens is skipped).
-    Runs on the calling thread's Numba thread count (`numba.set_num_threads`)."""
+    Runs on the calling thread's Numba thread count (`numba.set_num_threads`); `workspace` keeps scratch
+    buffers between calls (a fresh one if omitted)."""
     if len(experts) == 0 or len(experts) != len(expert_ids):
         raise ValueError(f"need one ExpertWeights per expert id: got {len(experts)} experts for "
                          f"{len(expert_ids)} ids")
@@ -303,19 +366,24 @@ def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, e
     out = np.zeros((x.shape[0], hidden), np.float32)
     if x.shape[0] == 0:
         return out
-    routing = group_routing(topk_ids.astype(np.int64), topk_weights, ids)
-    num_panels = int(routing.panel_offsets[-1])
-    num_rows = int(routing.row_offsets[-1])
-    x_panels = np.zeros((num_panels, hidden, LANES), np.float32)
-    x_rows = np.empty((num_rows, hidden), np.float32)
-    h_panels = np.zeros((num_panels, inter, LANES), np.float32)
-    h_rows = np.empty((num_rows, inter), np.float32)
+    r = group_routing(topk_ids.astype(np.int64), topk_weights, ids)
+    num_panels, num_rows = int(r.panel_offsets[-1]), int(r.row_offsets[-1])
+    ws = workspace or Workspace()
+    x_panels = ws.get("x_panels", (num_panels, hidden, LANES), zero=True)  # zero lanes past the last token
+    h_panels = ws.get("h_panels", (num_panels, inter, LANES))
+    x_rows = ws.get("x_rows", (num_rows, hidden))
+    gu_rows = ws.get("gu_rows", (num_rows, 2, inter))
+    y_rows = ws.get("y_rows", (num_rows, hidden))
     workers = numba.get_num_threads()  # this thread's Numba thread count (set by the caller)
-    _pack_inputs(x, routing.starts, routing.tokens, routing.panel_offsets, routing.row_offsets, x_panels, x_rows)
-    _gate_up(gate, up, inter, hidden, routing.starts, routing.panel_offsets, routing.row_offsets,
-             x_panels, x_rows, h_panels, h_rows, ITEMS_PER_THREAD * workers, workers)
-    _down(down, inter, hidden, routing.starts, routing.tokens, routing.weights, routing.panel_offsets,
-          routing.row_offsets, h_panels, h_rows, ITEMS_PER_THREAD * workers, workers, out)
+    gemv_items = ITEMS_PER_THREAD * workers if r.gemv_experts.size else 0
+    tile_items = ITEMS_PER_THREAD * workers if r.tile_experts.size else 0
+    _pack_inputs(x, r.starts, r.tokens, r.panel_offsets, r.row_offsets, x_panels, x_rows)
+    _gate_up(gate, up, inter, hidden, r.row_offsets, r.panel_offsets, r.gemv_experts, r.tile_experts, x_rows,
+             x_panels, gu_rows, h_panels, gemv_items, tile_items, workers)
+    _silu_rows(gu_rows)
+    _down(down, inter, hidden, r.starts, r.tokens, r.weights, r.row_offsets, r.panel_offsets, r.gemv_experts,
+          r.tile_experts, gu_rows, h_panels, y_rows, gemv_items, tile_items, workers, out)
+    _add_gemv_outputs(r.starts, r.tokens, r.weights, r.row_offsets, r.gemv_experts, y_rows, out)
     return out
 
 

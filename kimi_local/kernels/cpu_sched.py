@@ -56,12 +56,3 @@ def item_bounds(item, num_items, num_rows):
     begin = item * num_rows // num_items // ROW_ALIGN * ROW_ALIGN
     end = num_rows if item == num_items - 1 else (item + 1) * num_rows // num_items // ROW_ALIGN * ROW_ALIGN
     return begin, end
-
-
-@jit
-def largest_item(num_items, num_rows):
-    size = 0
-    for item in range(num_items):
-        begin, end = item_bounds(item, num_items, num_rows)
-        size = max(size, end - begin)
-    return size

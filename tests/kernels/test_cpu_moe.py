@@ -7,7 +7,9 @@ import numba
 import numpy as np
 import pytest
 
-from kimi_local.kernels.cpu_moe import GEMV_MAX_TOKENS, group_routing, moe_forward, moe_forward_reference
+from kimi_local.kernels.cpu_moe import (
+    GEMV_MAX_TOKENS, Workspace, group_routing, moe_forward, moe_forward_reference,
+)
 from kimi_local.kernels.cpu_simd import LANES
 from tests.kernels.cpu_cases import random_expert
 from tests.kernels.test_cpu_gemv import assert_close
@@ -115,3 +117,15 @@ def test_a_token_may_name_an_expert_twice():
     x = rng.standard_normal((3, 80)).astype(np.float32)
     got = moe_forward(x, ids, weights, [3, 8], experts)
     assert_close(got, moe_forward_reference(x, ids, weights, [3, 8], experts), 120)
+
+
+def test_a_reused_workspace_gives_the_same_results():
+    rng = np.random.default_rng(6)
+    expert_ids = np.arange(3)
+    experts = [random_expert(rng, 64, 96) for _ in expert_ids]
+    ws = Workspace()
+    for num_tokens in (30, 1, 7, 30):  # grows, shrinks, grows back: stale contents must not leak in
+        ids, weights = routing(rng, num_tokens, 2, expert_ids, skew=0.8)
+        x = rng.standard_normal((num_tokens, 96)).astype(np.float32)
+        assert np.array_equal(moe_forward(x, ids, weights, expert_ids, experts, ws),
+                              moe_forward(x, ids, weights, expert_ids, experts))
