@@ -3,22 +3,28 @@
     out[t] = sum over the k experts e chosen by token t of  w[t, e] * down_e( silu(gate_e(x[t])) * up_e(x[t]) )
 
 for all experts used in the layer at once, weights in native block-fp8 (`ExpertWeights`, zero-copy views).
+Each expert goes through one of two kernels, by how many tokens it got:
 
-Work is split by weight rows, never by expert, so both cores stay busy whatever the routing skew: phase 1
-splits the I gate/up rows into equal runs and every work item computes its run for *every* used expert; phase
-2 does the same with the H down rows, and since an item owns its output columns for all tokens it adds the
-weighted expert outputs without races, in a fixed order (deterministic, whatever the thread count). Items are
-handed out by a shared counter (`cpu_sched`), so a thread that loses its core for a while takes fewer. Per
-expert the item picks one of two kernels by how many tokens the expert got:
+* up to GEMV_MAX_TOKENS (decode, small prefill batches): `gemv_rows`, the weight-streaming GEMV (decode in
+  registers, once per 4 tokens, two rows in L1 while the tokens go by);
+* more (prefill): `gemm_rows`, each weight decoded once into a float32 tile for the broadcast micro-kernel
+  over LANES-token panels; its activations are packed once per call and phase 1 writes its `h` straight in
+  the panel layout phase 2 reads.
 
-* up to GEMV_MAX_TOKENS (decode, and small prefill batches): `gemv_rows`, the weight-streaming GEMV (decode
-  in registers, once per 4 tokens, the rows in L1 across the tokens);
-* more (prefill): `gemm_rows`, decoding each weight once into a float32 tile and running the broadcast
-  micro-kernel over LANES-token panels. Its activations are packed once per call (phase 0), and phase 1
-  writes its intermediate `h` straight in the panel layout phase 2 reads.
+Work is split by weight rows, never by expert, so both cores stay busy whatever the routing skew, and every
+work item is handed out by one shared counter (`cpu_sched`), so a thread that loses its core takes fewer:
 
-Expert weights reach the kernel as a table of addresses (`cpu_views`), six per expert, checked and kept
-alive by the wrapper: building it costs about a microsecond per array, where typed lists cost ten times more.
+* phase 1 (gate, up): the GEMV experts' gate and up matrices are laid end to end as one virtual row space cut
+  into equal items, so an item streams one or two long runs of weight bytes (runs of a few MB, one per
+  expert, measured ~15% slower: each run starts cold); GEMM items take a range of the I rows for every tiled
+  expert;
+* a short pass turns the GEMV experts' gate and up products into h;
+* phase 2 (down): the same for the down matrices; GEMM items own their output columns and add their weighted
+  results directly, GEMV items write per-token rows that a last column-parallel pass adds in slot order.
+
+Results do not depend on the thread count or item boundaries (each output is summed in a fixed order).
+Expert weights reach the kernels as a table of addresses (`cpu_views`), checked and kept alive by the
+wrapper; scratch buffers live in a `Workspace` the caller may keep between calls.
 """
 
 from __future__ import annotations
