@@ -23,8 +23,7 @@ from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
 from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, next_item
 from kimi_local.kernels.cpu_simd import (
-    DOT_ROWS, DOT_STEP, DOT_TOKENS, HALF_BIAS_SHIFT, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3,
-    e4m3_dot_2x4, e4m3_dot_4x1,
+    DOT_STEP, DOT_TOKENS, HALF_BIAS_SHIFT, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3, e4m3_dot_2x4,
     e4m3_half_bits, half_to_float, prefetch_head,
 )
 from kimi_local.model.fp8 import BLOCK, dequantize
@@ -64,8 +63,8 @@ def store_pair(y, sums, t0, num_tokens, col):
 def gemv_rows(codes, scales, x, r0, r1, xs, y):
     """y[t, r - r0] = sum_k W[r, k] * x[t, k] for rows r0 <= r < r1 and each of the few tokens t < x.shape[0].
 
-    Rows go four at a time for one token (AVX-512), else two at a time, each code decoded once for up to
-    DOT_TOKENS tokens (more tokens take more passes over the same two rows, which are then in L1). xs: float32 scratch [>= tokens, >= K]; y: float32
+    Rows go two at a time; each code is decoded once for up to DOT_TOKENS tokens (more tokens take more
+    passes over the same two rows, which are then in L1). xs: float32 scratch [>= tokens, >= K]; y: float32
     [>= tokens, >= r1 - r0]."""
     num_tokens = x.shape[0]
     num_cols = codes.shape[1]
@@ -77,14 +76,6 @@ def gemv_rows(codes, scales, x, r0, r1, xs, y):
         run_end = min(r1, (block + 1) * BLOCK)
         for t in range(num_tokens):
             scale_activation(x[t], scales[block], xs[t])
-        if num_tokens == 1 and DOT_ROWS == 4:
-            while r + 4 <= run_end:
-                sums = e4m3_dot_4x1(codes, r, xs, 0, main, r1)
-                for i in range(4):
-                    y[0, r - r0 + i] = sums[i]
-                    if main < num_cols:
-                        y[0, r - r0 + i] += e4m3_dot_tail(codes, r + i, xs, 0, main)
-                r += 4
         while r + 2 <= run_end:
             col = r - r0
             t = 0

@@ -65,9 +65,6 @@ DOT_STEP = 64 if LANES == 16 else 32
 # Tokens one e4m3 dot pass serves: 2 rows x 4 tokens x 2 accumulator registers (of 32) on AVX-512, 2 x 2 x 2
 # (of 16) on AVX2.
 DOT_TOKENS = 4 if LANES == 16 else 2
-# Rows a one-token pass takes: 4 (x 4 accumulator registers) on AVX-512 streams the 2 KB rows of the down
-# matrices ~8% faster than 2; AVX2 has no registers to spare.
-DOT_ROWS = 4 if LANES == 16 else 2
 PREFETCH_BYTES = 16384  # how far ahead of the e4m3 dot's loads each row is prefetched (into L2)
 DECODE_PREFETCH_BYTES = 1024  # the same for the prefill decode, which walks many rows a K chunk at a time
 
@@ -240,7 +237,6 @@ _e4m3_dot_2x1 = intrinsic(_e4m3_dot_typer(2, 1))
 _e4m3_dot_2x2 = intrinsic(_e4m3_dot_typer(2, 2))
 _e4m3_dot_2x3 = intrinsic(_e4m3_dot_typer(2, 3))
 _e4m3_dot_2x4 = intrinsic(_e4m3_dot_typer(2, 4))
-_e4m3_dot_4x1 = intrinsic(_e4m3_dot_typer(4, 1))
 
 
 def e4m3_dot_1x1(codes, row, xs, xs_row, length, end_row):
@@ -268,11 +264,6 @@ def e4m3_dot_2x4(codes, row, xs, xs_row, length, end_row):
     return _e4m3_dot_twin(codes, row, xs, xs_row, length, 2, 4)
 
 
-def e4m3_dot_4x1(codes, row, xs, xs_row, length, end_row):
-    """Four rows against one token: more work per pass than 2x1, which short rows (K = 2048) need."""
-    return _e4m3_dot_twin(codes, row, xs, xs_row, length, 4, 1)
-
-
 @overload(e4m3_dot_1x1)
 def _e4m3_dot_1x1_jit(codes, row, xs, xs_row, length, end_row):
     return lambda codes, row, xs, xs_row, length, end_row: _e4m3_dot_1x1(codes, row, xs, xs_row, length, end_row)
@@ -296,11 +287,6 @@ def _e4m3_dot_2x3_jit(codes, row, xs, xs_row, length, end_row):
 @overload(e4m3_dot_2x4)
 def _e4m3_dot_2x4_jit(codes, row, xs, xs_row, length, end_row):
     return lambda codes, row, xs, xs_row, length, end_row: _e4m3_dot_2x4(codes, row, xs, xs_row, length, end_row)
-
-
-@overload(e4m3_dot_4x1)
-def _e4m3_dot_4x1_jit(codes, row, xs, xs_row, length, end_row):
-    return lambda codes, row, xs, xs_row, length, end_row: _e4m3_dot_4x1(codes, row, xs, xs_row, length, end_row)
 
 
 # -- prefetching a region's head ----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from kimi_local.kernels.cpu_jit import jit
 from kimi_local.kernels.cpu_simd import (
     DOT_STEP, HALF_BIAS_SHIFT, LANES, TILE_ROWS, decode_e4m3, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2,
-    e4m3_dot_2x3, e4m3_dot_2x4, e4m3_dot_4x1, e4m3_half_bits, f32_tile, half_to_float,
+    e4m3_dot_2x3, e4m3_dot_2x4, e4m3_half_bits, f32_tile, half_to_float,
 )
 from kimi_local.model.fp8 import E4M3_TABLE
 from tests.kernels.cpu_cases import random_codes
@@ -26,10 +26,9 @@ def _decode_all(codes):
 
 @jit
 def _dots(codes, row, xs, xs_row, length):
-    end = codes.shape[0]
-    return (e4m3_dot_1x1(codes, row, xs, xs_row, length, end), e4m3_dot_2x1(codes, row, xs, xs_row, length, end),
-            e4m3_dot_2x2(codes, row, xs, xs_row, length, end), e4m3_dot_2x3(codes, row, xs, xs_row, length, end),
-            e4m3_dot_2x4(codes, row, xs, xs_row, length, end), e4m3_dot_4x1(codes, row, xs, xs_row, length, end))
+    return (e4m3_dot_1x1(codes, row, xs, xs_row, length, codes.shape[0]), e4m3_dot_2x1(codes, row, xs, xs_row, length, codes.shape[0]),
+            e4m3_dot_2x2(codes, row, xs, xs_row, length, codes.shape[0]), e4m3_dot_2x3(codes, row, xs, xs_row, length, codes.shape[0]),
+            e4m3_dot_2x4(codes, row, xs, xs_row, length, codes.shape[0]))
 
 
 @jit
@@ -55,20 +54,19 @@ def test_subnormals_and_signed_zero_decode_exactly():
 @pytest.mark.parametrize("length", [0, DOT_STEP, 7 * DOT_STEP, 224 * DOT_STEP])
 def test_e4m3_dots_match_the_decoded_products(length):
     rng = np.random.default_rng(length)
-    codes = random_codes(rng, (7, length + 11))  # the 11 trailing columns must be ignored
+    codes = random_codes(rng, (5, length + 11))  # the 11 trailing columns must be ignored
     xs = rng.standard_normal((6, codes.shape[1])).astype(np.float32)
     decoded = decode_e4m3(codes[:, :length]).astype(np.float64) / HALF_BIAS_SHIFT
     expected = decoded @ xs[:, :length].astype(np.float64).T  # [rows, tokens]
     tol = 1e-5 * (1 + np.abs(decoded).sum(axis=1).max() * np.abs(xs).max())
     results = _dots(codes, 2, xs, 1, length)
-    for got, (rows, tokens) in zip(results, [(1, 1), (2, 1), (2, 2), (2, 3), (2, 4), (4, 1)]):
+    for got, (rows, tokens) in zip(results, [(1, 1), (2, 1), (2, 2), (2, 3), (2, 4)]):
         assert len(got) == rows * tokens
         assert np.allclose(np.reshape(got, (rows, tokens)), expected[2 : 2 + rows, 1 : 1 + tokens], rtol=0, atol=tol)
     # The same row and token give the same sum, in the same order, whatever else the pass computes; except
     # that on AVX2 the several-token passes take half-width steps (a different summation order).
     same_order = min(DOT_STEP, 2 * LANES) == DOT_STEP
-    one_token = [results[0], results[1], results[5]]
-    assert len({r[0] for r in (results if same_order else one_token)}) == 1
+    assert len({r[0] for r in results}) == 1 if same_order else len({r[0] for r in results[:2]}) == 1
 
 
 @pytest.mark.parametrize("klen,k0", [(1, 0), (5, 3), (128, 0), (200, 17)])
