@@ -140,6 +140,16 @@ def _prefetch_l2(builder, ptr):
     builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
 
 
+def _e4m3_to_float(builder, raw):
+    """<n x i8> e4m3 codes -> <n x float> of their values / 256: sign-extend to 16 bits, shift the seven
+    exponent and mantissa bits into half position, clear the sign's second copy (bit 14), convert."""
+    n = raw.type.count
+    words = _vector(ir.IntType(16), n)
+    bits = builder.and_(builder.shl(builder.sext(raw, words), ir.Constant(words, [7] * n)),
+                        ir.Constant(words, [0xBFFF] * n))
+    return builder.fpext(builder.bitcast(bits, _vector(ir.HalfType(), n)), _vector(_F32, n))
+
+
 def _horizontal_sum(builder, vec):
     """Pairwise tree sum of a float vector's lanes (fixed order: deterministic)."""
     width = vec.type.count
@@ -186,10 +196,7 @@ def _e4m3_dot_codegen(num_rows: int, num_tokens: int):
         # Several tokens need more accumulators: on AVX2's 16 registers they take half as wide a step.
         n = DOT_STEP if num_tokens == 1 else min(DOT_STEP, 2 * LANES)
         byte_vec = _vector(ir.IntType(8), n)
-        half_int_vec = _vector(ir.IntType(16), n)
         float_vec = _vector(_F32, n)
-        shift = ir.Constant(half_int_vec, [7] * n)
-        mask = ir.Constant(half_int_vec, [0xBFFF] * n)  # clears the second copy of the sign bit
         row_bases = [builder.mul(builder.add(row, ir.Constant(_I64, r)), width) for r in range(num_rows)]
         xs_bases = [builder.mul(builder.add(xs_row, ir.Constant(_I64, t)), xs_width) for t in range(num_tokens)]
         accs = [[cgutils.alloca_once_value(builder, ir.Constant(float_vec, None)) for _ in range(num_tokens)]
@@ -199,9 +206,7 @@ def _e4m3_dot_codegen(num_rows: int, num_tokens: int):
             xv = [_load_vector(builder, xs.data, builder.add(b, k), float_vec, align=4) for b in xs_bases]
             for r in range(num_rows):
                 offset = builder.add(row_bases[r], k)
-                raw = _load_vector(builder, codes.data, offset, byte_vec, align=1)
-                half_bits = builder.and_(builder.shl(builder.sext(raw, half_int_vec), shift), mask)
-                w = builder.fpext(builder.bitcast(half_bits, _vector(ir.HalfType(), n)), float_vec)
+                w = _e4m3_to_float(builder, _load_vector(builder, codes.data, offset, byte_vec, align=1))
                 for t in range(num_tokens):
                     builder.store(_fma(builder, w, xv[t], builder.load(accs[r][t])), accs[r][t])
                 ahead = builder.add(offset, ir.Constant(_I64, PREFETCH_BYTES))
@@ -337,15 +342,13 @@ def _decode_codegen(context, builder, signature, args):
     scale = context.cast(builder, args[4], scale_t, types.float32)
     src_base = builder.add(builder.mul(row, builder.extract_value(codes.shape, 1)), col)
     dst_base = builder.add(builder.mul(out_row, builder.extract_value(out.shape, 1)), out_col)
-    half_int_vec = _vector(ir.IntType(16), DOT_STEP)
     float_vec = _vector(_F32, DOT_STEP)
     scales = _splat(builder, scale, DOT_STEP)
-    with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), length, ir.Constant(_I64, DOT_STEP), inc=True) as (k, _):
+    step = ir.Constant(_I64, DOT_STEP)
+    with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), length, step, inc=True) as (k, _):
         offset = builder.add(src_base, k)
         raw = _load_vector(builder, codes.data, offset, _vector(ir.IntType(8), DOT_STEP), align=1)
-        half_bits = builder.and_(builder.shl(builder.sext(raw, half_int_vec), ir.Constant(half_int_vec, [7] * DOT_STEP)),
-                                 ir.Constant(half_int_vec, [0xBFFF] * DOT_STEP))
-        w = builder.fpext(builder.bitcast(half_bits, _vector(ir.HalfType(), DOT_STEP)), float_vec)
+        w = _e4m3_to_float(builder, raw)
         dst = builder.bitcast(builder.gep(out.data, [builder.add(dst_base, k)]), float_vec.as_pointer())
         builder.store(builder.fmul(w, scales), dst, align=4)
         _prefetch_l2(builder, builder.gep(codes.data, [builder.add(offset, ir.Constant(_I64, DECODE_PREFETCH_BYTES))]))

@@ -26,9 +26,10 @@ def _decode_all(codes):
 
 @jit
 def _dots(codes, row, xs, xs_row, length):
-    return (e4m3_dot_1x1(codes, row, xs, xs_row, length, codes.shape[0]), e4m3_dot_2x1(codes, row, xs, xs_row, length, codes.shape[0]),
-            e4m3_dot_2x2(codes, row, xs, xs_row, length, codes.shape[0]), e4m3_dot_2x3(codes, row, xs, xs_row, length, codes.shape[0]),
-            e4m3_dot_2x4(codes, row, xs, xs_row, length, codes.shape[0]))
+    end = codes.shape[0]
+    return (e4m3_dot_1x1(codes, row, xs, xs_row, length, end), e4m3_dot_2x1(codes, row, xs, xs_row, length, end),
+            e4m3_dot_2x2(codes, row, xs, xs_row, length, end), e4m3_dot_2x3(codes, row, xs, xs_row, length, end),
+            e4m3_dot_2x4(codes, row, xs, xs_row, length, end))
 
 
 @jit
