@@ -1,4 +1,4 @@
-"""Decode: the block-fp8 GEMV `y = W x` for one token, streaming the weight bytes once.
+"""Decode: the block-fp8 GEMV `y = W x` for one token (or a few), streaming the weight bytes once.
 
     W[n, k] = e4m3(Wq[n, k]) * S[n // 128, k // 128]
 
@@ -6,9 +6,8 @@ The block scale moves onto the activation. Rows inside one 128-row scale block s
 run of such rows the kernel builds `xs[k] = x[k] * S[rb, k // 128] * 256` once (K multiplies, the 256 undoes
 the half-precision decode's 2^-8, see `cpu_simd`) and every row becomes a plain dot product of its decoded
 codes with `xs`: `e4m3_dot_2xT` takes two rows per pass, decodes in registers (once for up to 4 tokens) and
-prefetches ahead.
-The weight bytes are read once, in address order, and never written anywhere. The last `K % 32` columns of
-each row go through the scalar form of the same decode.
+prefetches ahead. The weight bytes are read once, in address order, and never written anywhere. The last
+`K % DOT_STEP` columns of each row go through the scalar form of the same decode.
 
 Work items are runs of rows, handed out to the threads by a shared counter (`cpu_sched`).
 """
