@@ -18,9 +18,12 @@ work item is handed out by one shared counter (`cpu_sched`), so a thread that lo
   into equal items, so an item streams one or two long runs of weight bytes (runs of a few MB, one per
   expert, measured ~15% slower: each run starts cold); GEMM items take a range of the I rows for every tiled
   expert;
-* a short pass turns the GEMV experts' gate and up products into h;
-* phase 2 (down): the same for the down matrices; GEMM items own their output columns and add their weighted
-  results directly, GEMV items write per-token rows that a last column-parallel pass adds in slot order.
+* phase 2 (down): the same for the down matrices (GEMV items form h = silu(gate) * up as they go); GEMM items
+  own their output columns and add their weighted results directly, GEMV items write per-token rows that a
+  last pass adds in slot order.
+
+Only the two weight-streaming phases run on all threads: the short passes around them run on the calling
+thread, since waking the others (and waiting for one that lost its core) costs more than they do.
 
 Results do not depend on the thread count or item boundaries (each output is summed in a fixed order).
 Expert weights reach the kernels as a table of addresses (`cpu_views`), checked and kept alive by the
@@ -50,6 +53,7 @@ from kimi_local.model.fp8 import BLOCK, dequantize
 # per DOT_TOKENS tokens, the GEMM once in all but pays a full LANES-wide FMA per weight and panel: on AVX-512
 # they cost the same at 13-14 tokens (`kimi-local bench kernels` shapes, one thread).
 GEMV_MAX_TOKENS = 3 * DOT_TOKENS
+PARALLEL_PACK_ROWS = 64  # activation rows above which phase 0 runs on all threads
 
 
 @dataclass(frozen=True)
@@ -127,26 +131,37 @@ def silu_mul(g, u):
     return g / (np.float32(1.0) + np.exp(-g)) * u
 
 
+@jit
+def _pack_columns(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows, k0, k1):
+    """Columns [k0, k1) of phase 0: activations of tiled experts into LANES-token panels [K, LANES], the others
+    into rows."""
+    for e in range(starts.size - 1):
+        s0 = starts[e]
+        tiled = panel_offsets[e + 1] > panel_offsets[e]
+        for m in range(s0, starts[e + 1]):
+            src = x[tokens[m]]
+            if tiled:
+                panel = x_panels[panel_offsets[e] + (m - s0) // LANES]
+                lane = (m - s0) % LANES
+                for k in range(k0, k1):
+                    panel[k, lane] = src[k]
+            else:
+                x_rows[row_offsets[e] + m - s0, k0:k1] = src[k0:k1]
+
+
 @parallel_jit
-def _pack_inputs(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows):
-    """Phase 0: activations of tiled experts into LANES-token panels [K, LANES], the others into rows; split
-    by columns, so the copy is parallel even when one expert has every token."""
+def _pack_parallel(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows):
+    """Phase 0 split by columns, so it is parallel even when one expert has every token (prefill)."""
     hidden = x.shape[1]
     for chunk in prange((hidden + K_CHUNK - 1) // K_CHUNK):
         k0 = chunk * K_CHUNK
-        k1 = min(hidden, k0 + K_CHUNK)
-        for e in range(starts.size - 1):
-            s0 = starts[e]
-            tiled = panel_offsets[e + 1] > panel_offsets[e]
-            for m in range(s0, starts[e + 1]):
-                src = x[tokens[m]]
-                if tiled:
-                    panel = x_panels[panel_offsets[e] + (m - s0) // LANES]
-                    lane = (m - s0) % LANES
-                    for k in range(k0, k1):
-                        panel[k, lane] = src[k]
-                else:
-                    x_rows[row_offsets[e] + m - s0, k0:k1] = src[k0:k1]
+        _pack_columns(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows, k0, min(hidden, k0 + K_CHUNK))
+
+
+@jit
+def _pack_serial(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows):
+    """Phase 0 on the calling thread: a decode step's few rows are not worth waking (and waiting for) others."""
+    _pack_columns(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows, 0, x.shape[1])
 
 
 @jit
@@ -222,19 +237,10 @@ def _gate_up(gate, up, inter, hidden, row_offsets, panel_offsets, gemv_experts, 
             item = next_item(counter)
 
 
-@parallel_jit
-def _silu_rows(gu_rows):
-    """gu_rows[:, 0] = silu(gate) * up, in place: the GEMV experts' h."""
-    for row in prange(gu_rows.shape[0]):
-        g = gu_rows[row, 0]
-        u = gu_rows[row, 1]
-        for i in range(g.size):
-            g[i] = silu_mul(g[i], u[i])
-
-
 @jit
-def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, xs):
-    """A GEMV work item of phase 2: virtual rows [v0, v1) of the GEMV experts' down matrices end to end."""
+def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, xs):
+    """A GEMV work item of phase 2: virtual rows [v0, v1) of the GEMV experts' down matrices end to end. Each
+    expert's h = silu(gate) * up is formed here, in scratch (a separate pass would be one more barrier)."""
     v = v0
     while v < v1:
         g = v // hidden
@@ -242,8 +248,13 @@ def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, 
         r1 = min(hidden, r0 + v1 - v)
         e = gemv_experts[g]
         codes, scales = expert_matrices(down, e, hidden, inter)
-        h = gu_rows[row_offsets[e] : row_offsets[e + 1], 0]
-        gemv_rows(codes, scales, h, r0, r1, xs, y_rows[row_offsets[e] : row_offsets[e + 1], r0:r1])
+        count = row_offsets[e + 1] - row_offsets[e]
+        for t in range(count):
+            gate = gu_rows[row_offsets[e] + t, 0]
+            up = gu_rows[row_offsets[e] + t, 1]
+            for i in range(inter):
+                h[t, i] = silu_mul(gate[i], up[i])
+        gemv_rows(codes, scales, h[:count], r0, r1, xs, y_rows[row_offsets[e] : row_offsets[e + 1], r0:r1])
         v += r1 - r0
 
 
@@ -278,6 +289,7 @@ def _down(down, inter, hidden, starts, tokens, weights, row_offsets, panel_offse
     num_virtual = gemv_experts.size * hidden
     counter = np.zeros(1, np.int64)
     for _ in prange(num_workers):
+        h = np.empty((max_rows, inter), np.float32)
         xs = np.empty((max_rows, inter), np.float32)
         tile = np.empty((GEMM_ROWS, min(K_CHUNK, inter)), np.float32)
         y_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
@@ -285,7 +297,7 @@ def _down(down, inter, hidden, starts, tokens, weights, row_offsets, panel_offse
         while item < num_gemv_items + num_tile_items:
             if item < num_gemv_items:
                 v0, v1 = item_bounds(item, num_gemv_items, num_virtual)
-                _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, xs)
+                _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, xs)
             else:
                 r0, r1 = item_bounds(item - num_gemv_items, num_tile_items, hidden)
                 _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels,
@@ -293,22 +305,18 @@ def _down(down, inter, hidden, starts, tokens, weights, row_offsets, panel_offse
             item = next_item(counter)
 
 
-@parallel_jit
+@jit
 def _add_gemv_outputs(starts, tokens, weights, row_offsets, gemv_experts, y_rows, out):
-    """Phase 3: out[t] += w * y for the GEMV experts' rows, split by columns (after phase 2's GEMM items, in
-    slot order: deterministic)."""
-    hidden = out.shape[1]
-    for chunk in prange((hidden + K_CHUNK - 1) // K_CHUNK):
-        c0 = chunk * K_CHUNK
-        c1 = min(hidden, c0 + K_CHUNK)
-        for e in gemv_experts:
-            s0 = starts[e]
-            for m in range(s0, starts[e + 1]):
-                dst = out[tokens[m]]
-                y = y_rows[row_offsets[e] + m - s0]
-                w = weights[m]
-                for c in range(c0, c1):
-                    dst[c] += w * y[c]
+    """Phase 3: out[t] += w * y for the GEMV experts' rows, in slot order (deterministic). On the calling
+    thread: a few rows in decode, a small part of the work in prefill, and no barrier to wait at."""
+    for e in gemv_experts:
+        s0 = starts[e]
+        for m in range(s0, starts[e + 1]):
+            dst = out[tokens[m]]
+            y = y_rows[row_offsets[e] + m - s0]
+            w = weights[m]
+            for c in range(dst.size):
+                dst[c] += w * y[c]
 
 
 def _weight_tables(experts: Sequence[ExpertWeights]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
@@ -383,10 +391,10 @@ def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, e
     workers = numba.get_num_threads()  # this thread's Numba thread count (set by the caller)
     gemv_items = ITEMS_PER_THREAD * workers if r.gemv_experts.size else 0
     tile_items = ITEMS_PER_THREAD * workers if r.tile_experts.size else 0
-    _pack_inputs(x, r.starts, r.tokens, r.panel_offsets, r.row_offsets, x_panels, x_rows)
+    pack = _pack_parallel if num_panels * LANES + num_rows > PARALLEL_PACK_ROWS else _pack_serial
+    pack(x, r.starts, r.tokens, r.panel_offsets, r.row_offsets, x_panels, x_rows)
     _gate_up(gate, up, inter, hidden, r.row_offsets, r.panel_offsets, r.gemv_experts, r.tile_experts, x_rows,
              x_panels, gu_rows, h_panels, gemv_items, tile_items, workers)
-    _silu_rows(gu_rows)
     _down(down, inter, hidden, r.starts, r.tokens, r.weights, r.row_offsets, r.panel_offsets, r.gemv_experts,
           r.tile_experts, gu_rows, h_panels, y_rows, gemv_items, tile_items, workers, out)
     _add_gemv_outputs(r.starts, r.tokens, r.weights, r.row_offsets, r.gemv_experts, y_rows, out)
