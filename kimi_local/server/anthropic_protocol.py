@@ -8,9 +8,11 @@ name the exact block (`messages.2.content.1.type`).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kimi_local.server.response_model import ResponseModel
 
 MAX_STOP_SEQUENCES = 16
 
@@ -84,21 +86,8 @@ class CountTokensRequest(PromptFields):
 # -- responses ---------------------------------------------------------------------------------------------
 
 
-class _Response(BaseModel):
-    """Written with `exclude_none`; keys Anthropic always sends, even as null, are put back (`always_sent`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    always_sent: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _keep_nulls(self, handler):
-        data = handler(self)
-        for key in self.always_sent:
-            data.setdefault(key, getattr(self, key))
-        return data
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+class _Response(ResponseModel):
+    """Anthropic response objects (keys Anthropic always sends, even as null, in `always_sent`)."""
 
 
 class TextBlock(_Response):

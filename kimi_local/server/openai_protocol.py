@@ -9,9 +9,11 @@ field, and keep `null` where clients expect the key (e.g. `content: null` beside
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kimi_local.server.response_model import ResponseModel
 
 MAX_STOP_STRINGS = 16
 MAX_CHOICES = 16
@@ -114,22 +116,8 @@ class CompletionRequest(_SamplingFields):
 # -- responses ---------------------------------------------------------------------------------------------
 
 
-class _Response(BaseModel):
-    """Responses are written with `exclude_none`; keys OpenAI always sends, even as null, are listed in
-    `always_sent` and put back."""
-
-    model_config = ConfigDict(extra="forbid")
-    always_sent: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _keep_nulls(self, handler):
-        data = handler(self)
-        for key in self.always_sent:
-            data.setdefault(key, getattr(self, key))
-        return data
-
-    def to_json(self) -> str:
-        return self.model_dump_json(exclude_none=True)
+class _Response(ResponseModel):
+    """OpenAI response objects (keys OpenAI always sends, even as null, in `always_sent`)."""
 
 
 class Usage(_Response):
