@@ -20,7 +20,6 @@ values. Torch runs with the same thread count as ours.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable

@@ -40,7 +40,7 @@ import numpy as np
 from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_arrays
-from kimi_local.kernels.cpu_gemm import GEMM_ROWS, K_CHUNK, gemm_rows, round_up
+from kimi_local.kernels.cpu_gemm import GEMM_ROWS, K_CHUNK, gemm_rows
 from kimi_local.kernels.cpu_gemv import gemv_rows
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
 from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, next_item

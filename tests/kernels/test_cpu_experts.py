@@ -3,7 +3,6 @@ the whole model with it against the transformers oracle (prefill and greedy deco
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
