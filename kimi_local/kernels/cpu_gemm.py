@@ -6,8 +6,8 @@ for every token, in the BLAS broadcast form:
 * activations are packed into panels of LANES tokens, transposed (`pack_activations`: panel [K, LANES], one
   token per vector lane);
 * a block of up to GEMM_ROWS weight rows walks K in chunks of K_CHUNK columns; per chunk `decode_tile` turns
-  the block's codes into true float32 values (block scale applied) in a small tile, 192 x 128 floats, zero
-  past K and past the last row;
+  the block's codes into true float32 values (block scale applied) in a small tile, 192 x 128 floats (zero
+  rows past the last, up to a whole TILE_ROWS group);
 * the micro-kernel `f32_tile` (`cpu_simd`) then broadcasts each tile value against a panel row and keeps
   TILE_ROWS x LANES sums in registers over the whole chunk, adding them to the output block at the end.
 
@@ -39,10 +39,9 @@ def round_up(n: int, multiple: int) -> int:
 
 @jit
 def decode_tile(codes, scales, r0, r1, k0, klen, tile):
-    """tile[j, i] = W[r0 + j, k0 + i] for i < klen and j < r1 - r0 rounded up to TILE_ROWS; zero where
-    r0 + j >= r1 or k0 + i >= K. (Indices, not row views: this runs per row and K chunk, overhead counts.)"""
-    num_cols = codes.shape[1]
-    k_end = min(num_cols, k0 + klen)
+    """tile[j, i] = W[r0 + j, k0 + i] for i < klen (k0 + klen <= K) and j < r1 - r0 rounded up to TILE_ROWS,
+    zero for the rows past r1. (Indices, not row views: this runs per row and K chunk, overhead counts.)"""
+    k_end = k0 + klen
     for j in range((r1 - r0 + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS):
         r = r0 + j
         if r >= r1:
@@ -58,8 +57,6 @@ def decode_tile(codes, scales, r0, r1, k0, klen, tile):
             for i in range(k + main, stop):
                 tile[j, i - k0] = half_to_float(e4m3_half_bits(codes[r, i])) * s
             k = stop
-        for i in range(k_end - k0, klen):
-            tile[j, i] = 0.0
 
 
 @jit
