@@ -15,15 +15,16 @@ Work is split by weight rows, never by expert, so both cores stay busy whatever 
 work item is handed out by one shared counter (`cpu_sched`), so a thread that loses its core takes fewer:
 
 * phase 1 (gate, up): the GEMV experts' gate and up matrices are laid end to end as one virtual row space cut
-  into equal items, so an item streams one or two long runs of weight bytes (runs of a few MB, one per
-  expert, measured ~15% slower: each run starts cold); GEMM items take a range of the I rows for every tiled
-  expert;
+  into equal items, so an item streams one or two long runs of weight bytes (the same bytes in many short
+  runs, one per expert and item, streamed 5-10% slower here: each run starts cold); GEMM items take a range
+  of the I rows for every tiled expert;
 * phase 2 (down): the same for the down matrices (GEMV items form h = silu(gate) * up as they go); GEMM items
   own their output columns and add their weighted results directly, GEMV items write per-token rows that a
   last pass adds in slot order.
 
-Only the two weight-streaming phases run on all threads: the short passes around them run on the calling
-thread, since waking the others (and waiting for one that lost its core) costs more than they do.
+Only the two weight-streaming phases always run on all threads: the short passes around them (packing a
+decode step's inputs, adding the GEMV outputs) run on the calling thread, since waking the others (and
+waiting for one that lost its core) would cost more than they do.
 
 Results do not depend on the thread count or item boundaries (each output is summed in a fixed order).
 Expert weights reach the kernels as a table of addresses (`cpu_views`), checked and kept alive by the
