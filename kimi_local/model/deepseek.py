@@ -348,6 +348,7 @@ class KimiModel(nn.Module):
         `linear` overrides the choice."""
         c = ckpt.config
         placement = placement or Placement.uniform(c.num_hidden_layers, device, dtype)
+        dtype = placement.dtype  # a given placement carries the compute dtype; the KV cache is allocated in it
         ropes: dict[torch.device, RotaryEmbedding] = {}
         executor = ThreadPoolExecutor(1, thread_name_prefix="kimi-experts") if overlap_experts else None
 
