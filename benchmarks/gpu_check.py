@@ -1,6 +1,7 @@
 """The one prepared check for a CUDA machine: GPU tests, fp8 kernel bandwidth, decode tokens/s.
 
     python benchmarks/gpu_check.py [--model DIR | --make-k2-slice DIR] [--json-out FILE] [--skip-tests] [--quick]
+                                   [--decode-only] [--new-tokens N]
 
 1. Runs the GPU-marked tests (`pytest -m gpu tests`): the kernels at real Kimi-K2 shapes against their
    references, and whatever model-on-GPU tests exist.
@@ -12,7 +13,9 @@
    * the prefill GEMM (M = 512) in TFLOP/s against torch bf16;
    * the fused GPU-tier MoE for one decode token (8 experts) in GB/s against a torch bf16 loop;
    * the absorbed MLA decode attention in GB/s of latent cache read.
-   Weights rotate through enough copies to exceed 4x the L2 cache, so the numbers are DRAM numbers.
+   Weights rotate through enough copies to exceed 4x the L2 cache, so the numbers are DRAM numbers. Kernel
+   times are GPU times: 16 calls recorded in one CUDA graph and replayed (as the decode runner replays a layer),
+   so the host's launch overhead is left out; the eager time per call, overhead included, is printed beside.
 3. Decode tokens/s on a checkpoint (the k2-slice preset has real Kimi layer shapes) through
    `kimi-local generate --json`: two runs, 2 and N new tokens, so that load, prefill and the first decode step
    (CUDA graph capture, kernel compiles) cancel out; once with the per-layer CUDA graphs (the default) and once
@@ -61,6 +64,40 @@ def time_cuda(fn, reps: int, warmup: int = 3) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in events) / 1e3
 
 
+def time_graph(fn, reps: int, calls: int = 16) -> float | None:
+    """Median seconds per call of the GPU work alone: `calls` calls (rotating inputs) recorded in one CUDA graph
+    and replayed, as the decode runner replays a layer, so host launch overhead and the value checks the
+    kernels skip while capturing drop out. None when the calls cannot be captured."""
+    for i in range(3):
+        fn(i)  # compiles, allocates, checks the inputs
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(side):
+            for i in range(calls):
+                fn(i)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for i in range(calls):
+                fn(i)
+    except RuntimeError as exc:
+        print(f"  (not capturable, eager time only: {str(exc).splitlines()[0][:120]})")
+        torch.cuda.synchronize()
+        return None
+    seconds = time_cuda(lambda _: graph.replay(), reps, warmup=2)
+    del graph
+    return seconds / calls
+
+
+def time_both(fn, reps: int) -> tuple[float, float]:
+    """(GPU seconds per call from a graph replay, or the eager time if not capturable; eager seconds per call,
+    host launch overhead included)."""
+    eager = time_cuda(fn, reps)
+    graphed = time_graph(fn, reps)
+    return (graphed if graphed is not None else eager), eager
+
+
 def num_copies(nbytes: int) -> int:
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 64 << 20)
     return max(2, math.ceil(4 * l2 / nbytes))
@@ -94,11 +131,12 @@ def bench_linear(name: str, num_out: int, num_in: int, copy_gbps: float, reps: i
     for rows in (1, 4):
         x = torch.randn((rows, num_in), device=DEVICE, dtype=torch.bfloat16)
         io_bytes = 2 * rows * (num_in + num_out)
-        t_fp8 = time_cuda(lambda i: fp8_linear(x, *copies[i % len(copies)]), reps)
-        t_bf16 = time_cuda(lambda i: torch.nn.functional.linear(x, dense[i % len(dense)]), reps)
+        t_fp8, t_fp8_eager = time_both(lambda i: fp8_linear(x, *copies[i % len(copies)]), reps)
+        t_bf16, _ = time_both(lambda i: torch.nn.functional.linear(x, dense[i % len(dense)]), reps)
         fp8_gbps = (num_out * num_in + scale_bytes + io_bytes) / t_fp8 / 1e9
         row[f"m{rows}"] = {
-            "fp8_us": t_fp8 * 1e6, "fp8_gbps": fp8_gbps, "fp8_of_copy": fp8_gbps / copy_gbps,
+            "fp8_us": t_fp8 * 1e6, "fp8_eager_us": t_fp8_eager * 1e6, "fp8_gbps": fp8_gbps,
+            "fp8_of_copy": fp8_gbps / copy_gbps,
             "bf16_us": t_bf16 * 1e6, "bf16_gbps": (2 * num_out * num_in + io_bytes) / t_bf16 / 1e9,
             "speedup_vs_bf16": t_bf16 / t_fp8,
         }
@@ -109,8 +147,8 @@ def bench_linear(name: str, num_out: int, num_in: int, copy_gbps: float, reps: i
             for split_k in (None, 1, 2, 4, 8, 16):
                 if split_k is not None and split_k > math.ceil(num_in / 128):
                     continue
-                t = time_cuda(lambda i: fp8_linear(x, *copies[i % len(copies)], variant="gemv",
-                                                   block_n=block_n, split_k=split_k), reps)
+                t, _ = time_both(lambda i: fp8_linear(x, *copies[i % len(copies)], variant="gemv",
+                                                      block_n=block_n, split_k=split_k), reps)
                 if best is None or t < best[0]:
                     best = (t, block_n, split_k)
         row["gemv_best"] = {"us": best[0] * 1e6, "block_n": best[1], "split_k": best[2] or "auto",
@@ -118,8 +156,8 @@ def bench_linear(name: str, num_out: int, num_in: int, copy_gbps: float, reps: i
     rows = 512
     x = torch.randn((rows, num_in), device=DEVICE, dtype=torch.bfloat16)
     flops = 2 * rows * num_out * num_in
-    t_fp8 = time_cuda(lambda i: fp8_linear(x, *copies[i % len(copies)]), max(5, reps // 4))
-    t_bf16 = time_cuda(lambda i: torch.nn.functional.linear(x, dense[i % len(dense)]), max(5, reps // 4))
+    t_fp8, _ = time_both(lambda i: fp8_linear(x, *copies[i % len(copies)]), max(5, reps // 4))
+    t_bf16, _ = time_both(lambda i: torch.nn.functional.linear(x, dense[i % len(dense)]), max(5, reps // 4))
     row["m512"] = {"fp8_tflops": flops / t_fp8 / 1e12, "bf16_tflops": flops / t_bf16 / 1e12,
                    "speedup_vs_bf16": t_bf16 / t_fp8}
     return row
@@ -140,7 +178,7 @@ def bench_moe(copy_gbps: float, reps: int, hidden=7168, inter=2048, num_slots=64
     weights = torch.rand((1, top_k), device=DEVICE)
     choices = [torch.randperm(num_slots, device=DEVICE)[:top_k][None] for _ in range(16)]
     expert_bytes = 3 * hidden * inter
-    t_fp8 = time_cuda(lambda i: fused_moe(x, choices[i % 16], weights, tier, slot_of_expert), reps)
+    t_fp8, t_fp8_eager = time_both(lambda i: fused_moe(x, choices[i % 16], weights, tier, slot_of_expert), reps)
     dense = [[dequantize_torch(q[s], sc[s], torch.bfloat16) for q, sc in
               ((tier.gate_q, tier.gate_s), (tier.up_q, tier.up_s), (tier.down_q, tier.down_s))] for s in range(16)]
 
@@ -152,9 +190,9 @@ def bench_moe(copy_gbps: float, reps: int, hidden=7168, inter=2048, num_slots=64
             out += weights[0, k] * (h @ down.T)
         return out
 
-    t_bf16 = time_cuda(torch_moe, reps)
+    t_bf16, _ = time_both(torch_moe, reps)
     fp8_gbps = top_k * expert_bytes / t_fp8 / 1e9
-    return {"fp8_us": t_fp8 * 1e6, "fp8_gbps": fp8_gbps, "fp8_of_copy": fp8_gbps / copy_gbps,
+    return {"fp8_us": t_fp8 * 1e6, "fp8_eager_us": t_fp8_eager * 1e6, "fp8_gbps": fp8_gbps, "fp8_of_copy": fp8_gbps / copy_gbps,
             "bf16_loop_us": t_bf16 * 1e6, "speedup_vs_bf16_loop": t_bf16 / t_fp8}
 
 
@@ -168,10 +206,10 @@ def bench_mla(copy_gbps: float, reps: int) -> list[dict]:
         q = torch.randn((batch, 64, 512), device=DEVICE, dtype=torch.bfloat16) * 0.05
         q_pe = torch.randn((batch, 64, 64), device=DEVICE, dtype=torch.bfloat16) * 0.05
         args = (q, q_pe, cache[..., :512], cache[..., 512:], 0.13)
-        t_triton = time_cuda(lambda i: mla_decode(*args), reps)
-        t_torch = time_cuda(lambda i: mla_decode_reference(*args), max(5, reps // 4))
+        t_triton, t_eager = time_both(lambda i: mla_decode(*args), reps)
+        t_torch, _ = time_both(lambda i: mla_decode_reference(*args), max(5, reps // 4))
         gbps = cache.numel() * 2 / t_triton / 1e9
-        rows.append({"batch": batch, "tokens": capacity, "us": t_triton * 1e6, "gbps": gbps,
+        rows.append({"batch": batch, "tokens": capacity, "us": t_triton * 1e6, "eager_us": t_eager * 1e6, "gbps": gbps,
                      "of_copy": gbps / copy_gbps, "torch_f32_us": t_torch * 1e6})
     return rows
 
@@ -196,10 +234,16 @@ def generate(model_dir: str, new_tokens: int, *flags: str) -> tuple[int, float]:
 
 
 def decode_tokens_per_s(model_dir: str, new_tokens: int) -> dict:
+    """Decode tokens/s as the difference of a short and a long run, after one warm-up run that pays the one-off
+    costs later processes skip (Numba and Triton compile caches written to disk)."""
     report: dict = {"model": model_dir}
+    generate(model_dir, 2)
     for key, flags in (("decode_tokens_per_s", ()), ("decode_tokens_per_s_no_graphs", ("--no-cuda-graphs",))):
         num_few, few = generate(model_dir, 2, *flags)
         num_many, many = generate(model_dir, max(new_tokens, 3), *flags)
+        if many <= few:
+            raise RuntimeError(f"{num_many} tokens took {many:.3f} s, no longer than {num_few} ({few:.3f} s): "
+                               "one-off costs differ between the runs; time more tokens (--new-tokens)")
         report.update({"new_tokens": num_many, key: (num_many - num_few) / max(many - few, 1e-9)})
     report["graphs_speedup"] = report["decode_tokens_per_s"] / max(report["decode_tokens_per_s_no_graphs"], 1e-9)
     return report
@@ -213,27 +257,36 @@ def make_k2_slice(out_dir: str) -> str:
 
 
 def print_report(report: dict) -> None:
+    if "copy_gbps" in report:
+        print_kernels(report)
+    if "decode" in report:
+        d = report["decode"]
+        print(f"decode on {d['model']}: {d['decode_tokens_per_s']:.2f} tokens/s with CUDA graphs, "
+              f"{d['decode_tokens_per_s_no_graphs']:.2f} without ({d['graphs_speedup']:.2f}x)")
+
+
+def print_kernels(report: dict) -> None:
     print(f"\n{report['device']}: device-to-device copy {report['copy_gbps']:.0f} GB/s")
-    print(f"{'shape':<12} {'N x K':>12} | {'fp8 M=1 us':>10} {'GB/s':>6} {'of copy':>7} {'bf16 us':>8} {'x':>5} |"
+    print(f"{'shape':<12} {'N x K':>12} | {'fp8 M=1 us':>10} {'eager':>6} {'GB/s':>6} {'of copy':>7} {'bf16 us':>8}"
+          f" {'x':>5} |"
           f" {'fp8 M=4 us':>10} {'x':>5} | {'M=512 fp8/bf16 TF':>17} | best gemv")
     for row in report["linear"]:
         m1, m4, big = row["m1"], row["m4"], row["m512"]
         best = row.get("gemv_best")
         best_text = f"{best['us']:.1f} us bn={best['block_n']} sk={best['split_k']}" if best else "-"
-        print(f"{row['name']:<12} {row['N']:>5} x {row['K']:<5} | {m1['fp8_us']:>10.1f} {m1['fp8_gbps']:>6.0f}"
+        print(f"{row['name']:<12} {row['N']:>5} x {row['K']:<5} | {m1['fp8_us']:>10.1f} {m1['fp8_eager_us']:>6.0f}"
+              f" {m1['fp8_gbps']:>6.0f}"
               f" {m1['fp8_of_copy']:>7.0%} {m1['bf16_us']:>8.1f} {m1['speedup_vs_bf16']:>5.2f} |"
               f" {m4['fp8_us']:>10.1f} {m4['speedup_vs_bf16']:>5.2f} |"
               f" {big['fp8_tflops']:>7.0f} / {big['bf16_tflops']:<7.0f} | {best_text}")
     moe = report["moe"]
-    print(f"fused MoE, 1 token x 8 experts: {moe['fp8_us']:.1f} us, {moe['fp8_gbps']:.0f} GB/s "
+    print(f"fused MoE, 1 token x 8 experts: {moe['fp8_us']:.1f} us (eager {moe['fp8_eager_us']:.0f}), "
+          f"{moe['fp8_gbps']:.0f} GB/s "
           f"({moe['fp8_of_copy']:.0%} of copy), {moe['speedup_vs_bf16_loop']:.2f}x a torch bf16 loop")
     for row in report["mla"]:
-        print(f"MLA decode B={row['batch']} T={row['tokens']}: {row['us']:.1f} us, {row['gbps']:.0f} GB/s of cache "
+        print(f"MLA decode B={row['batch']} T={row['tokens']}: {row['us']:.1f} us (eager {row['eager_us']:.0f}), "
+              f"{row['gbps']:.0f} GB/s of cache "
               f"({row['of_copy']:.0%} of copy); torch float32 formula {row['torch_f32_us']:.1f} us")
-    if "decode" in report:
-        d = report["decode"]
-        print(f"decode on {d['model']}: {d['decode_tokens_per_s']:.2f} tokens/s with CUDA graphs, "
-              f"{d['decode_tokens_per_s_no_graphs']:.2f} without ({d['graphs_speedup']:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the GPU tests")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no GEMV tile sweep")
+    parser.add_argument("--decode-only", action="store_true", help="only the decode tokens/s measurement")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device on this machine; nothing to check (run it on a machine with an NVIDIA GPU).")
@@ -251,16 +305,17 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     props = torch.cuda.get_device_properties(0)
     report = {"device": f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"}
-    if not args.skip_tests:
+    if not (args.skip_tests or args.decode_only):
         report["tests"] = run_gpu_tests()
-    reps = 10 if args.quick else 40
-    report["copy_gbps"] = copy_bandwidth(reps)
-    report["linear"] = []
-    for name, num_out, num_in in GEMV_SHAPES:
-        report["linear"].append(bench_linear(name, num_out, num_in, report["copy_gbps"], reps, not args.quick))
-        torch.cuda.empty_cache()
-    report["moe"] = bench_moe(report["copy_gbps"], reps)
-    report["mla"] = bench_mla(report["copy_gbps"], reps)
+    if not args.decode_only:
+        reps = 10 if args.quick else 40
+        report["copy_gbps"] = copy_bandwidth(reps)
+        report["linear"] = []
+        for name, num_out, num_in in GEMV_SHAPES:
+            report["linear"].append(bench_linear(name, num_out, num_in, report["copy_gbps"], reps, not args.quick))
+            torch.cuda.empty_cache()
+        report["moe"] = bench_moe(report["copy_gbps"], reps)
+        report["mla"] = bench_mla(report["copy_gbps"], reps)
     model_dir = args.model
     if model_dir or args.make_k2_slice:
         try:

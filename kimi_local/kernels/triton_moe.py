@@ -260,7 +260,7 @@ def fused_moe(
     blocks = align_pairs(topk_ids, slot_of_expert, num_slots, block_m)
     x = x if x.stride(-1) == 1 else x.contiguous()
     compute = dot_dtype(x.dtype)
-    h = torch.empty((num_pairs, inter), dtype=torch.float32 if compute == tl.float32 else x.dtype, device=device)
+    h = torch.empty((num_pairs, inter), dtype=hidden_dtype(x.dtype), device=device)
     y = torch.zeros((num_pairs, hidden), dtype=torch.float32, device=device)
     common = dict(BLOCK_M=block_m, BLOCK_K=64, DOT_DTYPE=compute, num_warps=4, num_stages=3)
     _moe_gate_up_kernel[(blocks.max_blocks, triton.cdiv(inter, 64))](
@@ -278,14 +278,22 @@ def fused_moe(
     return y.view(num_tokens, top_k, hidden).sum(1).to(x.dtype)
 
 
+def hidden_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """The dtype `fused_moe` stores the SwiGLU output in between its two GEMMs: the activation dtype where the
+    down GEMM runs on bf16/f16 tensor cores, float32 where it computes in float32 (fp32 inputs, the interpreter)."""
+    return torch.float32 if dot_dtype(x_dtype) == tl.float32 else x_dtype
+
+
 def fused_moe_reference(
     x: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_weights: torch.Tensor,
     experts: StackedExperts,
     slot_of_expert: torch.Tensor,
+    round_hidden_to: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """One expert at a time: dequantize, run SwiGLU in float32, add the weighted rows back. Any device."""
+    """One expert at a time: dequantize, run SwiGLU in float32, add the weighted rows back. Any device.
+    `round_hidden_to` rounds the SwiGLU output as the kernel stores it (pass `hidden_dtype(x.dtype)` to mirror it)."""
     xf = x.float()
     out = torch.zeros_like(xf)
     slots = slot_of_expert.long().to(topk_ids.device)[topk_ids.long()]  # [T, k]
@@ -295,6 +303,6 @@ def fused_moe_reference(
         up = dequantize_torch(experts.up_q[slot], experts.up_s[slot]).to(x.device)
         down = dequantize_torch(experts.down_q[slot], experts.down_s[slot]).to(x.device)
         h = xf[rows]
-        y = (torch.nn.functional.silu(h @ gate.T) * (h @ up.T)) @ down.T
+        y = (torch.nn.functional.silu(h @ gate.T) * (h @ up.T)).to(round_hidden_to).float() @ down.T
         out.index_add_(0, rows, y * topk_weights[rows, cols].float().unsqueeze(1))
     return out.to(x.dtype)

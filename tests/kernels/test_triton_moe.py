@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from kimi_local.kernels.triton_moe import StackedExperts, align_pairs, fused_moe, fused_moe_reference
+from kimi_local.kernels.triton_moe import StackedExperts, align_pairs, fused_moe, fused_moe_reference, hidden_dtype
 from kimi_local.model.experts import ExpertWeights
 from tests.kernels.triton_testing import DEVICE, HAS_CUDA, assert_matches, random_codes, random_scales
 
@@ -71,7 +71,7 @@ def test_fused_moe_matches_reference(num_tokens, top_k, dtype):
     x = torch.randn((num_tokens, 200), generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
     slot_of_expert = SLOT_OF_EXPERT.to(DEVICE)
     y = fused_moe(x, ids, weights, tier, slot_of_expert)
-    assert_matches(y, fused_moe_reference(x, ids, weights, tier, slot_of_expert))
+    assert_matches(y, fused_moe_reference(x, ids, weights, tier, slot_of_expert, hidden_dtype(dtype)))
 
 
 def test_one_hot_expert_spans_several_blocks():
