@@ -222,30 +222,37 @@ def run_gpu_tests() -> dict:
     return {"returncode": result.returncode, "summary": tail[-1] if tail else ""}
 
 
-def generate(model_dir: str, new_tokens: int, *flags: str) -> tuple[int, float]:
-    """(tokens generated, seconds of prefill + decode) from one `kimi-local generate --json` run."""
-    cmd = [sys.executable, "-m", "kimi_local", "generate", "--model", model_dir, "--prompt-ids", "1,2,3,4,5,6,7,8",
-           "--max-new-tokens", str(new_tokens), "--temperature", "0", "--json", *flags]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {result.stderr.strip()[-2000:]}")
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    return len(out["token_ids"]), float(out["seconds"])
-
-
 def decode_tokens_per_s(model_dir: str, new_tokens: int) -> dict:
-    """Decode tokens/s as the difference of a short and a long run, after one warm-up run that pays the one-off
-    costs later processes skip (Numba and Triton compile caches written to disk)."""
-    report: dict = {"model": model_dir}
-    generate(model_dir, 2)
-    for key, flags in (("decode_tokens_per_s", ()), ("decode_tokens_per_s_no_graphs", ("--no-cuda-graphs",))):
-        num_few, few = generate(model_dir, 2, *flags)
-        num_many, many = generate(model_dir, max(new_tokens, 3), *flags)
-        if many <= few:
-            raise RuntimeError(f"{num_many} tokens took {many:.3f} s, no longer than {num_few} ({few:.3f} s): "
-                               "one-off costs differ between the runs; time more tokens (--new-tokens)")
-        report.update({"new_tokens": num_many, key: (num_many - num_few) / max(many - few, 1e-9)})
-    report["graphs_speedup"] = report["decode_tokens_per_s"] / max(report["decode_tokens_per_s_no_graphs"], 1e-9)
+    """Decode tokens/s in one process, the model loaded once as `kimi-local generate` loads it: greedy decoding
+    of `new_tokens` tokens with the per-layer CUDA graphs and without, each after a warm-up generation (compiles,
+    graph capture, the expert store's first reads), timed from the third token to the last so that prefill and
+    the first decode step drop out. Engines are rebuilt per mode; the model and its expert store are shared."""
+    import time
+
+    from kimi_local.config import Config
+    from kimi_local.engine.engine import Engine
+    from kimi_local.engine.loader import load
+    from kimi_local.engine.sampling import SamplingParams
+
+    config = Config()
+    loaded = load(model_dir, config)
+    prompt = list(range(1, 9))
+    params = SamplingParams(max_new_tokens=max(new_tokens, 4), temperature=0.0)
+    report: dict = {"model": model_dir, "new_tokens": params.max_new_tokens}
+    try:
+        for key, graphs in (("decode_tokens_per_s", True), ("decode_tokens_per_s_no_graphs", False)):
+            loaded.model.cuda_graphs = graphs
+            engine = Engine(loaded.model, config.engine.max_context, config.engine.max_batch,
+                            config.engine.prefill_chunk)
+            list(engine.generate(prompt, params))  # warm-up
+            stamps = []
+            for _ in engine.generate(prompt, params):
+                torch.cuda.synchronize()
+                stamps.append(time.perf_counter())
+            report[key] = (len(stamps) - 3) / (stamps[-1] - stamps[2])
+    finally:
+        loaded.close()
+    report["graphs_speedup"] = report["decode_tokens_per_s"] / report["decode_tokens_per_s_no_graphs"]
     return report
 
 
