@@ -28,6 +28,19 @@ def progress_bar(total: int, desc: str, unit: str = "B") -> tqdm:
                 file=sys.stderr, disable=None, leave=False)
 
 
+def load_with_progress(model_dir: Path, config: Config):
+    """`engine.loader.load` with a layer progress bar on stderr; returns the LoadedModel."""
+    from kimi_local.engine.loader import load
+
+    with progress_bar(0, "loading model", unit="layers") as bar:
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        return load(model_dir, config, progress=on_progress)
+
+
 def ensure_demo_checkpoint() -> Path:
     """The built-in demo model (random weights), written on first use into the user cache directory."""
     path = demo_checkpoint_dir()

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from kimi_local.commands.common import add_model_argument, load_config, progress_bar, resolve_model_dir
+from kimi_local.commands.common import add_model_argument, load_config, load_with_progress, resolve_model_dir
 from kimi_local.settings import add_config_flags
 
 
@@ -45,18 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kimi_local.cache.traces import DECODE
-    from kimi_local.engine.loader import load
     from kimi_local.engine.sampling import SamplingParams
 
     config = load_config(args)
     model_dir = resolve_model_dir(args.model, config)
-    with progress_bar(0, "loading model", unit="layers") as bar:
-        def on_progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        loaded = load(model_dir, config, progress=on_progress)
+    loaded = load_with_progress(model_dir, config)
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
         max_new_tokens=args.max_new_tokens, stop_ids=frozenset(args.stop_ids or ()),

@@ -15,7 +15,7 @@ import ipaddress
 import logging
 import sys
 
-from kimi_local.commands.common import add_model_argument, is_demo, load_config, progress_bar, resolve_model_dir
+from kimi_local.commands.common import add_model_argument, is_demo, load_config, load_with_progress, resolve_model_dir
 from kimi_local.settings import add_config_flags
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ def _is_loopback(host: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from kimi_local.engine.loader import load
     from kimi_local.server.app import create_app
     from kimi_local.server.runner import bind_socket, build_state, uvicorn_config
 
@@ -59,13 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     sock = bind_socket(host, port)  # fail on a busy port before spending minutes loading the model
     model_dir = resolve_model_dir(args.model, config)
-    with progress_bar(0, "loading model", unit="layers") as bar:
-        def on_progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        loaded = load(model_dir, config, progress=on_progress)
+    loaded = load_with_progress(model_dir, config)
     name = args.model_name or ("kimi-local-demo" if is_demo(model_dir) else model_dir.resolve().name)
     state = build_state(loaded, name, api_key=api_key, max_queue=config.server.max_queue)
     app = create_app(state, host=host)
