@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import platformdirs
 
+from kimi_local.atomic_file import write_atomic
 from kimi_local.model.config import ModelConfig
 
 
@@ -91,17 +90,10 @@ class RoutingProfile:
         self.tokens = 0.0
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, usage=self.usage, router_mass=self.router_mass, tokens=np.float64(self.tokens),
-                         half_life_tokens=np.float64(self.half_life_tokens), model=np.str_(self.model))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, lambda f: np.savez(f, usage=self.usage, router_mass=self.router_mass,
+                                              tokens=np.float64(self.tokens),
+                                              half_life_tokens=np.float64(self.half_life_tokens),
+                                              model=np.str_(self.model)))
 
     @classmethod
     def load(cls, path: str | Path, num_layers: int, num_experts: int, model: str = "",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kimi_local import sizing
+from kimi_local.atomic_file import write_text_atomic
 from kimi_local.commands import units
 from kimi_local.config import SECTIONS, SPECS, Config, build_config, describe
 from kimi_local.footprint import footprint
@@ -150,10 +151,7 @@ def run_init(args: argparse.Namespace) -> int:
         return 0
     if path.exists() and not args.force:
         raise FileExistsError(f"{path} already exists (use --force to overwrite, or --stdout to print)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, text)
     print(f"wrote {path}")
     return 0
 

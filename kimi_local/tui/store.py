@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
+from kimi_local.atomic_file import write_text_atomic
 from kimi_local.tui.conversation import ID_PATTERN, Conversation, ConversationError
 
 log = logging.getLogger(__name__)
@@ -46,19 +45,8 @@ class ConversationStore:
 
     def save(self, conversation: Conversation) -> Path:
         path = self.path_for(conversation.id)
-        self.root.mkdir(parents=True, exist_ok=True)
         text = json.dumps(conversation.to_json(), ensure_ascii=False, indent=1) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{conversation.id}.", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_text_atomic(path, text)
 
     def load(self, conversation_id: str) -> Conversation:
         return self.load_file(self.path_for(conversation_id))
