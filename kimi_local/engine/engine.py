@@ -6,6 +6,11 @@ score matrix; chunks alternate with decode steps, so it never stalls the running
 step produces one token for every request past its prompt in a single forward pass (continuous batching), so each
 MoE layer reads its experts once per step for all of them.
 
+Prefix reuse. A slot's KV rows stay valid after its request ends, so a new request whose prompt starts with
+tokens a slot already holds (the next turn of a chat resends the whole conversation; `n > 1` sends one prompt n
+times) skips them: it takes the free slot holding the longest common prefix, or copies the rows from a running
+request that holds one, and prefills only the rest (always at least its last token, whose logits it needs).
+
 `step()` does one forward pass and returns what it produced. It is not thread-safe by itself; `add_request` and
 `abort` are, so a server thread can run `step()` in a loop while other threads submit and cancel.
 `generate()` is the synchronous single-request stream used by the CLI.
@@ -46,6 +51,7 @@ class Request:
     output_ids: list[int] = field(default_factory=list)
     slot: int | None = None
     num_prefilled: int = 0
+    num_cached: int = 0  # prompt tokens whose KV rows were reused rather than computed
     finish_reason: str | None = None  # "stop", "length", "abort", "error"
     error: str | None = None
     arrival_time: float = field(default_factory=time.perf_counter)
@@ -67,11 +73,13 @@ class StepOutput:
     logprobs: TokenLogprobs | None
     finish_reason: str | None
     error: str | None = None
+    cached_prompt_tokens: int | None = None  # on a request's first token: prompt tokens reused, not computed
 
 
 @dataclass
 class EngineStats:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # prompt tokens computed by prefill
+    cached_prompt_tokens: int = 0  # prompt tokens whose KV rows were reused instead
     generated_tokens: int = 0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
@@ -106,6 +114,7 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
         self._free_slots = list(range(max_batch - 1, -1, -1))
+        self._slot_tokens: list[list[int]] = [[] for _ in range(max_batch)]  # free slots: ids of their valid rows
         self._last_was_prefill = False  # prefill chunks and decode steps alternate when both are due
 
     # -- intake (thread-safe) ------------------------------------------------------------------------------
@@ -151,6 +160,8 @@ class Engine:
         request.finish_reason = reason
         request.error = error
         if request.slot is not None:
+            # a failed pass may have left rows half written: keep none of that slot's rows for reuse
+            self._slot_tokens[request.slot] = [] if reason == "error" else self._cached_tokens(request)
             self._free_slots.append(request.slot)
             request.slot = None
         if request in self._running:
@@ -170,9 +181,60 @@ class Engine:
                 outputs.append(StepOutput(request.request_id, None, None, "abort"))
         while self._waiting and self._free_slots:
             request = self._waiting.popleft()
-            request.slot = self._free_slots.pop()
+            self._assign_slot(request)
             self._running.append(request)
         return outputs
+
+    # -- prefix reuse --------------------------------------------------------------------------------------
+    @staticmethod
+    def _cached_tokens(request: Request) -> list[int]:
+        """The ids whose KV rows `request`'s slot holds: its prefilled prompt, and once decoding every token but
+        the last sampled one (a token's row is written when it is the input of the next step)."""
+        if not request.output_ids:
+            return request.prompt_ids[: request.num_prefilled]
+        return request.prompt_ids + request.output_ids[:-1]
+
+    @staticmethod
+    def _reusable(prompt: list[int], tokens: list[int]) -> int:
+        """Length of the common prefix of `prompt` and `tokens`, leaving the prompt's last token to compute."""
+        limit = min(len(prompt) - 1, len(tokens))
+        n = 0
+        while n < limit and prompt[n] == tokens[n]:
+            n += 1
+        return n
+
+    def _assign_slot(self, request: Request) -> None:
+        """The free slot holding the longest prefix of the prompt; among equals one holding less (keeping longer
+        contexts for a later turn), then the most recently freed."""
+        best = max(range(len(self._free_slots)), key=lambda i: (
+            self._reusable(request.prompt_ids, self._slot_tokens[self._free_slots[i]]),
+            -len(self._slot_tokens[self._free_slots[i]]), i))
+        slot = self._free_slots.pop(best)
+        request.slot = slot
+        self._skip_prefix(request, self._reusable(request.prompt_ids, self._slot_tokens[slot]))
+        self._slot_tokens[slot] = []
+
+    def _copy_prefix_from_running(self, request: Request) -> None:
+        """Before prefilling, take rows that another running request already holds (its slot stays its own)."""
+        best, donor = request.num_prefilled, None
+        for other in self._running:
+            if other is not request and other.slot is not None:
+                n = self._reusable(request.prompt_ids, self._cached_tokens(other))
+                if n > best:
+                    best, donor = n, other
+        if donor is None:
+            return
+        start = request.num_prefilled
+        for kv, pe in zip(self.cache.kv, self.cache.pe):
+            kv[request.slot, start:best] = kv[donor.slot, start:best]
+            pe[request.slot, start:best] = pe[donor.slot, start:best]
+        self._skip_prefix(request, best)
+
+    def _skip_prefix(self, request: Request, length: int) -> None:
+        if length > request.num_prefilled:
+            self.stats.cached_prompt_tokens += length - request.num_prefilled
+            request.num_cached += length - request.num_prefilled
+            request.num_prefilled = length
 
     def step(self) -> list[StepOutput]:
         """One forward pass: a prefill chunk of the oldest request still prefilling, or one decode token for every
@@ -220,6 +282,7 @@ class Engine:
 
     def _prefill_forward(self, request: Request) -> torch.Tensor | None:
         """Runs the next chunk of `request`'s prompt; the last chunk returns the logits of its last token."""
+        self._copy_prefix_from_running(request)
         start = request.num_prefilled
         chunk = request.prompt_ids[start : start + self.prefill_chunk]
         n = len(chunk)
@@ -272,7 +335,8 @@ class Engine:
             reason = "length"
         if reason:
             self._finish(request, reason)
-        return StepOutput(request.request_id, token, logprobs, reason)
+        cached = request.num_cached if len(request.output_ids) == 1 else None
+        return StepOutput(request.request_id, token, logprobs, reason, cached_prompt_tokens=cached)
 
     # -- synchronous stream --------------------------------------------------------------------------------
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[int]:

@@ -86,7 +86,8 @@ class ServiceStats:
     running: int
     waiting: int
     generated_tokens: int
-    prompt_tokens: int
+    prompt_tokens: int  # computed by prefill
+    cached_prompt_tokens: int  # reused from KV rows a slot already held
     decode_tokens_per_second: float  # over the last RATE_WINDOW_SECONDS
     prefill_tokens_per_second: float  # lifetime average of prefill steps
     finished_requests: int
@@ -135,6 +136,7 @@ class EngineService:
         return ServiceStats(
             running=self.engine.num_running, waiting=self.engine.num_waiting,
             generated_tokens=s.generated_tokens, prompt_tokens=s.prompt_tokens,
+            cached_prompt_tokens=s.cached_prompt_tokens,
             decode_tokens_per_second=rate,
             prefill_tokens_per_second=s.prompt_tokens / s.prefill_seconds if s.prefill_seconds else 0.0,
             finished_requests=s.finished_requests, failed_requests=s.failed_requests,

@@ -154,6 +154,8 @@ class ServerMetrics:
         w.metric("kimi_kv_slots", "gauge", "KV cache slots: the most requests decoded together.", max_batch)
         w.metric("kimi_generated_tokens_total", "counter", "Tokens generated.", s.generated_tokens)
         w.metric("kimi_prompt_tokens_total", "counter", "Prompt tokens prefilled.", s.prompt_tokens)
+        w.metric("kimi_prompt_tokens_cached_total", "counter",
+                 "Prompt tokens not prefilled: their KV rows were reused from a slot.", s.cached_prompt_tokens)
         w.metric("kimi_requests_finished_total", "counter", "Engine requests finished (any reason).",
                  s.finished_requests)
         w.metric("kimi_requests_failed_total", "counter", "Engine requests that failed.", s.failed_requests)

@@ -34,6 +34,7 @@ class ReplyChunk:
     finish_reason: str | None = None  # "stop", "length", ...
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    cached_prompt_tokens: int | None = None  # of prompt_tokens, those the engine reused instead of computing
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,10 @@ class LocalBackend(ChatBackend):
                     raise BackendError(f"generation failed: {event.error}")
                 num_tokens = 1 if out.token_id is not None else 0
                 if event.is_final:
-                    yield ReplyChunk(event.text, num_tokens, event.finish_reason, len(prompt_ids), text.num_tokens)
+                    yield ReplyChunk(event.text, num_tokens, event.finish_reason, len(prompt_ids), text.num_tokens,
+                                     out.cached_prompt_tokens)
                     return
-                yield ReplyChunk(event.text, num_tokens)
+                yield ReplyChunk(event.text, num_tokens, cached_prompt_tokens=out.cached_prompt_tokens)
         finally:
             stream.close()  # no-op when finished; aborts the request when the consumer stopped early
 

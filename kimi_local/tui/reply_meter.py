@@ -22,11 +22,14 @@ class ReplyMeter:
         self.last_token_time: float | None = None
         self.generated_tokens = 0
         self.prompt_tokens: int | None = None
+        self.cached_prompt_tokens = 0
         self.finish_reason: str | None = None
 
     def observe(self, chunk: ReplyChunk) -> None:
         if chunk.prompt_tokens is not None:
             self.prompt_tokens = chunk.prompt_tokens
+        if chunk.cached_prompt_tokens is not None:
+            self.cached_prompt_tokens = chunk.cached_prompt_tokens
         if chunk.num_tokens:
             now = self._clock()
             if self.first_token_time is None:
@@ -44,10 +47,12 @@ class ReplyMeter:
 
     @property
     def prompt_tokens_per_second(self) -> float | None:
+        """Prompt tokens computed per second until the first token (reused prefix tokens cost nothing)."""
         ttft = self.time_to_first_token
-        if ttft is None or not self.prompt_tokens or ttft <= 0:
+        computed = (self.prompt_tokens or 0) - self.cached_prompt_tokens
+        if ttft is None or computed <= 0 or ttft <= 0:
             return None
-        return self.prompt_tokens / ttft
+        return computed / ttft
 
     @property
     def generation_tokens_per_second(self) -> float | None:

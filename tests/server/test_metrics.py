@@ -43,7 +43,8 @@ def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def stats(**overrides) -> ServiceStats:
-    values = dict(running=2, waiting=3, generated_tokens=100, prompt_tokens=40, decode_tokens_per_second=12.5,
+    values = dict(running=2, waiting=3, generated_tokens=100, prompt_tokens=40, cached_prompt_tokens=25,
+                  decode_tokens_per_second=12.5,
                   prefill_tokens_per_second=300.0, finished_requests=7, failed_requests=1)
     return ServiceStats(**{**values, **overrides})
 
@@ -64,6 +65,7 @@ def test_engine_figures():
     assert value["kimi_queue_depth"] == 3 and value["kimi_queue_capacity"] == 64
     assert value["kimi_requests_running"] == 2 and value["kimi_kv_slots"] == 4
     assert value["kimi_generated_tokens_total"] == 100 and value["kimi_requests_failed_total"] == 1
+    assert value["kimi_prompt_tokens_total"] == 40 and value["kimi_prompt_tokens_cached_total"] == 25
     assert "kimi_expert_cache_hit_rate" not in families and "kimi_routing_entropy_bits" not in families
 
 

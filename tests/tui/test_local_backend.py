@@ -152,3 +152,15 @@ def test_telemetry_reports_routing_and_memory(backend):
     assert t.max_context == 512 and t.running_requests == 0
     assert t.cache is not None and 0 <= t.cache.hit_rate <= 1  # from the expert store the loader builds
     assert 0 < t.cache.ram_bytes <= t.cache.ram_budget_bytes
+
+
+def test_the_next_turn_reuses_the_conversation_so_far(backend, tiny_checkpoint):
+    settings = ChatSettings(temperature=0.0, max_tokens=6)
+    first = asyncio.run(collect(backend, MESSAGES, settings))
+    reply = "".join(c.text for c in first)
+    follow_up = MESSAGES + [{"role": "assistant", "content": reply}, {"role": "user", "content": "Shorter?"}]
+    second = asyncio.run(collect(backend, follow_up, settings))
+    cached = [c.cached_prompt_tokens for c in second if c.cached_prompt_tokens is not None]
+    first_prompt = ChatFormat.from_dir(tiny_checkpoint).encode_messages(MESSAGES)
+    # at least the first turn's prompt is already in a slot (the reply's own tokens may re-encode differently)
+    assert len(cached) == 1 and len(first_prompt) - 1 <= cached[0] < second[0].prompt_tokens

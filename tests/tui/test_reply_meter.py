@@ -48,3 +48,22 @@ def test_the_backends_token_count_wins():
     meter.observe(ReplyChunk(finish_reason="stop", prompt_tokens=5, completion_tokens=9))
     assert meter.generated_tokens == 9 and meter.context_tokens == 14
     assert meter.generation_tokens_per_second == pytest.approx(8 / 2.0)
+
+
+def test_reused_prompt_tokens_do_not_count_towards_the_prefill_rate():
+    clock = Clock()
+    meter = ReplyMeter(clock)
+    meter.observe(ReplyChunk(prompt_tokens=1000))
+    clock.now = 100.5
+    meter.observe(ReplyChunk("a", 1, cached_prompt_tokens=950))
+    assert meter.prompt_tokens_per_second == pytest.approx(100.0)  # 50 computed tokens in 0.5 s
+    assert meter.context_tokens == 1001
+
+
+def test_a_fully_reused_prompt_has_no_prefill_rate():
+    clock = Clock()
+    meter = ReplyMeter(clock)
+    meter.observe(ReplyChunk(prompt_tokens=8))
+    clock.now = 100.5
+    meter.observe(ReplyChunk("a", 1, cached_prompt_tokens=8))
+    assert meter.prompt_tokens_per_second is None
