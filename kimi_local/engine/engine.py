@@ -247,9 +247,16 @@ class Engine:
             self._last_was_prefill = True
             try:
                 logits = self._prefill_forward(prefilling)
-            except Exception as exc:  # a failing step fails its requests, never the engine
-                log.exception("prefill of request %d failed", prefilling.request_id)
-                return outputs + [self._fail(prefilling, exc)]
+            except Exception as first:
+                # Once more, as a failed decode batch is retried request by request: a transient fault (an I/O
+                # error reading an expert) costs one chunk. A chunk's pass only writes its own KV rows.
+                log.warning("prefill of request %d failed (%s); retrying the chunk once", prefilling.request_id,
+                            first)
+                try:
+                    logits = self._prefill_forward(prefilling)
+                except Exception as exc:  # a failing step fails its requests, never the engine
+                    log.exception("prefill of request %d failed", prefilling.request_id)
+                    return outputs + [self._fail(prefilling, exc)]
             return outputs + ([self._emit(prefilling, logits)] if logits is not None else [])
         self._last_was_prefill = False
         if not decoding:

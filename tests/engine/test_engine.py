@@ -87,7 +87,7 @@ def test_a_failing_step_fails_its_request_not_the_engine(model, monkeypatch):
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] <= 2:  # the prefill chunk and its one retry
             raise OSError("expert read failed")
         return real(*args, **kwargs)
 
@@ -97,6 +97,24 @@ def test_a_failing_step_fails_its_request_not_the_engine(model, monkeypatch):
     assert bad.finish_reason == "error" and "expert read failed" in bad.error
     assert any(o.error for o in outputs)
     assert len(list(engine.generate(PROMPT, SamplingParams(max_new_tokens=4)))) == 4
+
+
+def test_a_transient_prefill_failure_is_retried(model, monkeypatch):
+    greedy = SamplingParams(temperature=0, max_new_tokens=6)
+    expected = list(Engine(model, 64, 1).generate(PROMPT, greedy))
+    engine = Engine(model, 64, 1, prefill_chunk=3)
+    calls = {"n": 0}
+    real = model.forward
+
+    def fails_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second chunk, half way through the prompt
+            raise OSError("EIO reading an expert")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", fails_once)
+    assert list(engine.generate(PROMPT, greedy)) == expected
+    assert engine.stats.failed_requests == 0
 
 
 def test_sampling_filters():
