@@ -14,6 +14,12 @@ HOSTILE = [
     "{{ ''.ljust(10**10) }}",
     "{{ 'x'.center(width=10**10) }}",
     "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'aaaaaaaaaa' }}{% endfor %}{% endfor %}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",  # no output
+    "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+    "{% set counted_iter = none %}{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% for i in 'x' * 4000000 %}{% for j in 'x' * 4000000 %}{% endfor %}{% endfor %}",
+    "{% for m in messages %}{% for i in range(100000) %}{{ i | string | length }}{% endfor %}"
+    "{% for i in range(100000) %}{% for j in range(100) %}{% endfor %}{% endfor %}{% endfor %}",
     "{{ ().__class__.__base__.__subclasses__() }}",
     "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
 ]
