@@ -120,10 +120,24 @@ class _Response(ResponseModel):
     """OpenAI response objects (keys OpenAI always sends, even as null, in `always_sent`)."""
 
 
+class PromptTokensDetails(_Response):
+    cached_tokens: int = 0  # prompt tokens whose KV rows a slot already held (not prefilled again)
+
+
 class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @classmethod
+    def of(cls, prompts: list[list[int]], texts: list, n: int) -> "Usage":
+        """Each prompt counted once; its cached tokens: the fewest any of its n choices reused."""
+        prompt = sum(len(p) for p in prompts)
+        completion = sum(t.num_tokens for t in texts)
+        cached = sum(min(t.cached_prompt_tokens for t in texts[i * n : (i + 1) * n]) for i in range(len(prompts)))
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 
 
 class FunctionCall(_Response):

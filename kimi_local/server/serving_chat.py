@@ -88,9 +88,7 @@ class _Run:
         self.created = int(time.time())
 
     def usage(self) -> Usage:
-        completion = sum(t.num_tokens for t in self.texts)
-        prompt = len(self.prompt.prompt_ids)
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return Usage.of([self.prompt.prompt_ids], self.texts, len(self.texts))
 
     def _events(self, event: ChoiceEvent):
         reply = self.replies[event.index]

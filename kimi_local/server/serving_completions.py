@@ -80,9 +80,7 @@ class _Run:
         self.offsets = [len(e) for e in self.echo]  # text offset of the next token, per choice
 
     def usage(self) -> Usage:
-        prompt = sum(len(p) for p in self.prompts)
-        completion = sum(t.num_tokens for t in self.texts)
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        return Usage.of(self.prompts, self.texts, self.req.n)
 
     def _logprobs(self, event: ChoiceEvent) -> CompletionLogprobs:
         out = CompletionLogprobs(top_logprobs=[] if self.req.logprobs else None)

@@ -50,6 +50,7 @@ class ChoiceText:
         self._decoder = tokenizer.incremental_decoder(skip_special=True)
         self._stops = StopStringMatcher(stop_strings)
         self.num_tokens = 0  # every sampled token, stop token included (what usage counts)
+        self.cached_prompt_tokens = 0  # prompt tokens the engine reused rather than computed (on the first token)
         self.finish_reason: str | None = None
 
     @property
@@ -61,6 +62,8 @@ class ChoiceText:
             return ChoiceEvent(self.index)
         event = ChoiceEvent(self.index)
         text = ""
+        if out.cached_prompt_tokens is not None:
+            self.cached_prompt_tokens = out.cached_prompt_tokens
         if out.token_id is not None:
             self.num_tokens += 1
             if out.token_id not in self.stop_ids:

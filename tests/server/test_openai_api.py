@@ -69,7 +69,11 @@ def test_stream_equals_non_stream_with_the_same_seed(client):
     assert text == full.choices[0].message.content
     reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert reasons == [full.choices[0].finish_reason]
-    assert chunks[-1].choices == [] and chunks[-1].usage == full.usage
+    usage, full_usage = chunks[-1].usage, full.usage
+    assert chunks[-1].choices == [] and (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (
+        full_usage.prompt_tokens, full_usage.completion_tokens, full_usage.total_tokens)
+    # the same prompt again: all of it but the last token was still in a slot
+    assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
 
 
 def test_seed_reproducibility(client):
