@@ -99,8 +99,11 @@ class ChatFormat:
                 self._template, messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
                 bos_token=bos, eos_token=eos,
             )
-        except jinja2.TemplateError as exc:
+        except jinja2.TemplateError as exc:  # raise_exception(), the sandbox's bounds
             raise ValueError(f"{self.source}: chat template failed: {exc}") from exc
+        except (TypeError, ValueError, LookupError, ArithmeticError, RecursionError, MemoryError) as exc:
+            # what a template's own code can raise otherwise (an include without a loader: TypeError)
+            raise ValueError(f"{self.source}: chat template failed: {type(exc).__name__}: {exc}") from exc
 
     def render(self, messages: Any, tools: Any = None, add_generation_prompt: bool = True) -> str:
         """The prompt text, exactly as the template writes it."""

@@ -20,6 +20,23 @@ HOSTILE = [
     "{% for i in 'x' * 4000000 %}{% for j in 'x' * 4000000 %}{% endfor %}{% endfor %}",
     "{% for m in messages %}{% for i in range(100000) %}{{ i | string | length }}{% endfor %}"
     "{% for i in range(100000) %}{% for j in range(100) %}{% endfor %}{% endfor %}{% endfor %}",
+    "{{ ([range(100000)] * 4000000) | map('sum') | sum }}",  # per-item filter calls
+    "{% for x in [0] recursive %}{% if loop.depth < 3 %}{{ loop(range(100000)) }}{% endif %}{% endfor %}",
+    "{% for i in range(100000) %}{% for j in [0, 1] %}{% set s = 'x' * 4000000 %}{% endfor %}{% endfor %}",
+    "{{ '' | center(1500000000) | length }}",
+    "{{ ('%1500000000d' % 1) | length }}",
+    "{{ ('%.1500000000f' | format(1.0)) | length }}",
+    "{{ '{:>1500000000}'.format(1) | length }}",
+    "{{ '{0:{1}}'.format(1, 1500000000) | length }}",
+    "{% set s = 'a' * 4000000 %}{{ s | replace('a', 'a' * 20) | length }}",
+    "{% set s = 'a' * 4000000 %}{{ s.replace('a', 'a' * 20) | length }}",
+    "{{ (['a' * 4000000] * 1000) | join | length }}",
+    "{{ ('' ~ ',').join(['a' * 4000000] * 1000) | length }}",
+    "{{ ('x\n' * 2000000) | indent(1000) | length }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s|length }}",
+    "{% include 'x' %}",
+    "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
     "{{ ().__class__.__base__.__subclasses__() }}",
     "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
 ]
