@@ -3,11 +3,14 @@
 The bytes go to a temporary file in the target's directory (same file system, so the rename is atomic), are
 flushed and fsynced, and the file is renamed over the target; the directory is fsynced too so that the rename
 itself survives a power cut. A failure removes the temporary file and leaves the old target as it was.
+A new file is private (0600: a config may hold an API key, conversations are personal); a replaced file keeps
+its mode.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Callable
@@ -19,6 +22,10 @@ def write_atomic(path: str | Path, fill: Callable[[IO[bytes]], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        try:
+            os.fchmod(fd, stat.S_IMODE(path.stat().st_mode))
+        except FileNotFoundError:
+            pass
         with os.fdopen(fd, "wb") as f:
             fill(f)
             f.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 import pytest
 
@@ -51,3 +52,13 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch, failing):
     monkeypatch.undo()
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["profile.npz"]
+
+
+def test_a_new_file_is_private_and_a_replaced_one_keeps_its_mode(tmp_path):
+    fresh = write_text_atomic(tmp_path / "new.toml", "api_key = 'secret'\n")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    shared = tmp_path / "shared.toml"
+    shared.write_text("old")
+    shared.chmod(0o644)
+    write_text_atomic(shared, "new")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644 and shared.read_text() == "new"
