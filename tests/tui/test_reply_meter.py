@@ -50,20 +50,13 @@ def test_the_backends_token_count_wins():
     assert meter.generation_tokens_per_second == pytest.approx(8 / 2.0)
 
 
-def test_reused_prompt_tokens_do_not_count_towards_the_prefill_rate():
+@pytest.mark.parametrize("prompt,cached,rate", [(1000, 950, 100.0), (8, 8, None)])
+def test_reused_prompt_tokens_do_not_count_towards_the_prefill_rate(prompt, cached, rate):
     clock = Clock()
     meter = ReplyMeter(clock)
-    meter.observe(ReplyChunk(prompt_tokens=1000))
+    meter.observe(ReplyChunk(prompt_tokens=prompt))
     clock.now = 100.5
-    meter.observe(ReplyChunk("a", 1, cached_prompt_tokens=950))
-    assert meter.prompt_tokens_per_second == pytest.approx(100.0)  # 50 computed tokens in 0.5 s
-    assert meter.context_tokens == 1001
-
-
-def test_a_fully_reused_prompt_has_no_prefill_rate():
-    clock = Clock()
-    meter = ReplyMeter(clock)
-    meter.observe(ReplyChunk(prompt_tokens=8))
-    clock.now = 100.5
-    meter.observe(ReplyChunk("a", 1, cached_prompt_tokens=8))
-    assert meter.prompt_tokens_per_second is None
+    meter.observe(ReplyChunk("a", 1, cached_prompt_tokens=cached))
+    # computed tokens over the time to the first token; none computed: no rate
+    assert meter.prompt_tokens_per_second == (None if rate is None else pytest.approx(rate))
+    assert meter.context_tokens == prompt + 1
