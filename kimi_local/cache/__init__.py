@@ -7,7 +7,8 @@ from the checkpoint's shards, eviction decided by routing statistics, reads star
     gpu_tier.py     hot experts copied to the GPU and computed there
     backend.py      CachedExperts: the model's RoutedExperts backend over the store and a kernel
     policy.py       the eviction-policy protocol, LRU and LFU
-    kimi_policy.py  the project's policy (decayed frequency x recency, with an LRU duel)
+    kimi_policy.py  the project's policy (evict the lowest estimate, with an LRU duel)
+    context_model.py  its estimate: context counts, a prior recognised from earlier contexts, recency
     profile.py      per-model routing profiles for warm starts
     stats.py        the store's counters and derived figures
     traces.py       routing-trace files and the synthetic trace generator

@@ -4,8 +4,9 @@ One small protocol serves both the trace simulator and the real expert store, so
 is the code that runs. Keys are ints, `layer * num_experts + expert` (`expert_key`), so per-key state lives in
 flat lists over the model's (small: 60 x 384) key universe instead of dicts.
 
-The store (or simulator) drives a policy like this, for each expert a layer step needs:
+The store (or simulator) drives a policy like this, per layer step and for each expert the step needs:
 
+    policy.begin_step(layer, n)     # once per layer step, before its lookups: n = the step's tokens
     policy.access(key, weight)      # every lookup, hit or miss; weight = tokens that chose it (router mass)
     if miss:
         if full: old = policy.victim(); policy.remove(old)    # evict
@@ -16,7 +17,8 @@ A pinned key is never a victim: pinning takes it out of the eviction order, unpi
 be pinned before they are resident (a configured pin list); they enter the cache pinned.
 
 Policies here: `LRUPolicy`, `LFUPolicy` (perfect LFU: counts survive eviction) and `KimiPolicy` (the project's,
-in `kimi_policy.py`). Each keeps its evictable residents in an ordered structure with O(1) or O(log n) updates.
+in `kimi_policy.py`, over the estimate of `context_model.py`). Each keeps its evictable residents in an ordered
+structure: O(1) or O(log n) updates, or (the context policy) a value per key and one vectorised argmin per eviction.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class EvictionPolicy:
         self._pins[key] -= 1
         if not self._pins[key] and self._resident[key]:
             self._insert(key)
+
+    def begin_step(self, layer_idx: int, num_tokens: float) -> None:
+        """A layer step over `num_tokens` tokens begins. Policies without a notion of time ignore it."""
 
     def seed(self, counts: "np.ndarray") -> None:
         """Start from known usage (a routing profile): `counts[key]` tokens, flat over all keys. Policies

@@ -1,6 +1,7 @@
 """Replay a routing trace through an eviction policy; Belady's OPT as the offline optimum.
 
-Access order. The store sees what the model asks for, one MoE layer step at a time:
+Access order. The store sees what the model asks for, one MoE layer step at a time (each step announced to the
+policy with its token count, `begin_step`):
 - a decode token asks, for layer 1, 2, ... in turn, for that layer's k experts (k accesses per layer);
 - prefill is batched per layer: a prefill chunk of `prefill_chunk` prompt tokens runs each layer once over the
   whole chunk, so it touches each layer's union of the chunk's experts once (one access per distinct expert,
@@ -38,6 +39,7 @@ class AccessStream:
     group_starts: np.ndarray  # int64 [g + 1]: group j is keys[group_starts[j]:group_starts[j + 1]]
     group_phase: np.ndarray  # uint8 [g]
     group_seq: np.ndarray  # int32 [g]: the sequence each group belongs to
+    group_tokens: np.ndarray  # int32 [g]: tokens in the group's layer step (the chunk; 1 for decode)
     num_layers: int
     num_experts: int
     num_tokens: int
@@ -57,6 +59,7 @@ def access_stream(trace: RoutingTrace, prefill_chunk: int = 512) -> AccessStream
     weights: list[np.ndarray] = []
     sizes: list[np.ndarray] = []
     phases: list[np.ndarray] = []
+    tokens: list[np.ndarray] = []
     seqs: list[np.ndarray] = []
     for s in range(trace.num_seqs):
         num_groups = len(sizes)
@@ -69,12 +72,14 @@ def access_stream(trace: RoutingTrace, prefill_chunk: int = 512) -> AccessStream
                 weights.append(counts.astype(np.float32))
                 sizes.append(np.array([ids.size]))
                 phases.append(np.array([PREFILL], dtype=np.uint8))
+                tokens.append(np.array([chunk.shape[0]]))
         decode = trace.experts[s, trace.phase[s] == DECODE]  # [d, L, k]
         if decode.size:
             keys.append((decode.astype(np.int32) + layer_base).reshape(-1))
             weights.append(np.ones(decode.size, dtype=np.float32))
             sizes.append(np.full(decode.shape[0] * num_layers, trace.top_k))
             phases.append(np.full(decode.shape[0] * num_layers, DECODE, dtype=np.uint8))
+            tokens.append(np.ones(decode.shape[0] * num_layers, dtype=np.int64))
         seqs += [np.full(a.size, s, dtype=np.int32) for a in sizes[num_groups:]]
     size_arr = np.concatenate(sizes)
     return AccessStream(
@@ -83,6 +88,7 @@ def access_stream(trace: RoutingTrace, prefill_chunk: int = 512) -> AccessStream
         group_starts=np.concatenate([[0], np.cumsum(size_arr)]).astype(np.int64),
         group_phase=np.concatenate(phases),
         group_seq=np.concatenate(seqs),
+        group_tokens=np.concatenate(tokens).astype(np.int32),
         num_layers=num_layers,
         num_experts=num_experts,
         num_tokens=trace.num_tokens,
@@ -125,14 +131,17 @@ def simulate(stream: AccessStream, policy: EvictionPolicy, capacity: int) -> Sim
     weights = stream.weights.tolist()
     starts = stream.group_starts.tolist()
     is_decode = (stream.group_phase == DECODE).tolist()
+    layers = (stream.keys[stream.group_starts[:-1]] // stream.num_experts).tolist()
+    tokens = stream.group_tokens.tolist()
     resident: set[int] = set()
     hits = decode_hits = decode_accesses = 0
-    access, admit, remove, victim, pin, unpin = (
-        policy.access, policy.admit, policy.remove, policy.victim, policy.pin, policy.unpin
+    begin_step, access, admit, remove, victim, pin, unpin = (
+        policy.begin_step, policy.access, policy.admit, policy.remove, policy.victim, policy.pin, policy.unpin
     )
     t0 = time.perf_counter()
     for g, decode in enumerate(is_decode):
         lo, hi = starts[g], starts[g + 1]
+        begin_step(layers[g], tokens[g])
         for piece in range(lo, hi, capacity):  # a group bigger than the cache runs in pieces that fit
             group = keys[piece : min(hi, piece + capacity)]
             group_hits = 0

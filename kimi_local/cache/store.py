@@ -252,9 +252,11 @@ class ExpertStore:
 
     def record_routing(self, layer_idx: int, expert_ids: np.ndarray, token_counts: np.ndarray,
                        router_mass: np.ndarray, num_tokens: int) -> None:
-        """Feed the routing profile with one layer step (the backend calls this)."""
+        """A layer step over `num_tokens` tokens begins (the backend calls this before the step's lookups): feed
+        the routing profile, and tell the policy (its clock, and where a new prompt starts a new context)."""
         with self._lock:
             self.profile.record(layer_idx, expert_ids, token_counts, router_mass, num_tokens)
+            self.policy.begin_step(layer_idx, num_tokens)
 
     def save_profile(self) -> None:
         if self.profile_path is None:
@@ -449,8 +451,4 @@ class ExpertStore:
         except ProfileError as exc:
             log.warning("ignoring the routing profile: %s", exc)
             return
-        policy_half_life = getattr(getattr(self.policy, "score", self.policy), "half_life", None)
-        scale = 1.0
-        if policy_half_life:  # profile counts span a longer half-life: bring them to the policy's scale
-            scale = min(1.0, policy_half_life / (self.profile.half_life_tokens * self.num_layers * self.top_k))
-        self.policy.seed(self.profile.usage.reshape(-1) * scale)
+        self.policy.seed(self.profile.usage.reshape(-1))  # the long-run usage: the prior before any context

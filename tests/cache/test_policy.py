@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from kimi_local.cache.kimi_policy import KimiPolicy, ScorePolicy
+from kimi_local.cache.context_model import ContextModel, ContextParams
+from kimi_local.cache.kimi_policy import ContextPolicy, KimiPolicy
 from kimi_local.cache.policy import LFUPolicy, LRUPolicy, PolicyError, expert_key, split_key
 from kimi_local.cache.simulate import access_stream, simulate, simulate_opt
 from tests.cache import trace_cases
@@ -10,7 +11,7 @@ from tests.cache.trace_cases import CASES, E, K, L
 POLICIES = {
     "lru": lambda: LRUPolicy(L, E),
     "lfu": lambda: LFUPolicy(L, E),
-    "score": lambda: ScorePolicy(L, E, top_k=K),
+    "context": lambda: ContextPolicy(L, E, ContextParams(top_k=K)),
     "kimi": lambda: KimiPolicy(L, E, top_k=K, capacity=40),
 }
 
@@ -102,32 +103,6 @@ def test_lfu_evicts_least_frequent_and_remembers_evicted_counts():
     p.admit(0)  # comes back with 4 accesses counted
     p.remove(p.victim())
     assert p.victim() == 2
-
-
-def test_score_policy_prefers_frequent_and_recent():
-    p = ScorePolicy(1, 16, top_k=1, half_life_tokens=100, recent_tokens=2, recent_boost=4)
-    for _ in range(6):  # key 0 used often long ago
-        p.access(0)
-    p.admit(0)
-    for k in range(1, 6):  # filler accesses age key 0 beyond the recency window
-        p.access(k)
-    p.access(9)  # key 9: once, just now
-    p.admit(9)
-    assert p.victim() == 9  # 6 old uses beat 1 recent use boosted 4x
-    p.access(9)
-    p.access(9)  # 3 uses, recent (x4 = 12 > ~6)
-    assert p.victim() == 0
-    for k in range(1, 6):  # once key 9's bonus expires, 6 > 3 again
-        p.access(k)
-    assert p.victim() == 9
-
-
-def test_score_policy_counts_decay_with_half_life():
-    p = ScorePolicy(1, 4, top_k=1, half_life_tokens=10)
-    p.access(0, weight=8.0)
-    for _ in range(10):
-        p.access(1)
-    assert p.decayed_count(0) == pytest.approx(4.0)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -54,7 +54,7 @@ def test_store_saves_profile_and_warm_starts(ckpt, tmp_path):
         store.record_routing(2, np.array([1]), np.array([1.0]), np.array([0.1]), 1)
     assert path.exists()  # saved on close
     with ExpertStore(ckpt, 6 * slot, num_io_threads=2, profile_path=path) as store:
-        assert store.policy.decayed_count(1 * 16 + 4) > store.policy.decayed_count(1 * 16 + 9) > 0
+        assert store.policy.model.longrun_count(1 * 16 + 4) > store.policy.model.longrun_count(1 * 16 + 9) > 0
         assert store.warm_start() == [(1, 4), (1, 9), (2, 1)]
         store.wait_idle()
         with store.lease(1, [4, 9]):
@@ -62,7 +62,7 @@ def test_store_saves_profile_and_warm_starts(ckpt, tmp_path):
         snap = store.snapshot()
         assert snap["hits"] == 2 and snap["misses"] == 0 and snap["prefetch_hits"] == 2
         store.reset_profile()
-        assert not path.exists() and store.policy.decayed_count(1 * 16 + 4) == 0
+        assert not path.exists() and store.policy.model.longrun_count(1 * 16 + 4) == 0
         assert store.profile.usage.sum() == 0
 
 

@@ -266,3 +266,22 @@ def test_o_direct_refusal_falls_back(ckpt, monkeypatch, refuse_at):
         with store.lease(1, [3]) as (w,):
             assert same(w, ckpt.expert(1, 3))
         assert store.snapshot()["direct_io_shards"] == 0
+
+
+def test_policy_follows_the_layer_steps(ckpt):
+    """record_routing (once per layer step) drives the policy's clock and context starts: the store's policy
+    is the same object the simulator measures."""
+    with make_store(ckpt, 6) as store:
+        model = store.policy.model
+        for layer in (1, 2):  # a prompt of 5 tokens
+            store.record_routing(layer, np.array([3, 4]), np.array([5.0, 5.0]), np.array([1.0, 1.0]), 5)
+            with store.lease(layer, [3, 4], token_counts=[5, 5]):
+                pass
+        for layer in (1, 2):  # one decoded token
+            store.record_routing(layer, np.array([3, 9]), np.array([1.0, 1.0]), np.array([0.5, 0.5]), 1)
+            with store.lease(layer, [3, 9]):
+                pass
+        assert model.now == 6 and model.num_contexts == 1
+        assert model.context_count(1 * 16 + 3) == pytest.approx(6, rel=1e-2)
+        store.record_routing(1, np.array([7]), np.array([4.0]), np.array([1.0]), 4)  # the next prompt
+        assert model.num_contexts == 2 and model.context_count(1 * 16 + 3) == 0
