@@ -7,6 +7,14 @@ decode: tokens/s of a checkpoint whose experts do not fit the RAM budget, with t
 read from disk per token and RSS, beside the floor: the time the same bytes take at the measured RAM and disk
 read rates (disk bytes / disk rate + RAM bytes / RAM rate, where RAM bytes are the resident weights one token
 reads plus the expert bytes served from the cache).
+
+Where the stalls come from (all per timed token, see `stats.py`): `misses` (reads nobody predicted),
+`inflight_waits` (predicted, started, not done when the step came) and `prefetch_hits` (predicted and done);
+`prefetch_started_share` is the share of needed reads a prefetch started early. Beside them the time budget:
+`compute_seconds_per_token` (the token's time not spent waiting for reads) against `needed_disk_seconds_per_token`
+(the needed reads at the measured disk rate) and `wasted_disk_seconds_per_token` (prefetches read and not used).
+When the needed reads take longer than the compute they could hide behind, no prefetch can hide them all:
+`bound` says which of the two limits the token.
 """
 
 from __future__ import annotations
@@ -131,15 +139,25 @@ def bench_decode(model_dir: str | Path, ram_cache_gb: float, num_tokens: int = 1
     if before is None or not times:
         raise RuntimeError("bench decode: the model stopped before decoding enough tokens")
     n = len(times)
-    lookups = after["lookups"] - before["lookups"]
-    hits = after["hits"] - before["hits"]
-    disk_bytes = (after["bytes_read"] - before["bytes_read"]) / n
+
+    def per_token_of(name: str) -> float:
+        return (after[name] - before[name]) / n
+
+    lookups, hits = per_token_of("lookups"), per_token_of("hits")
+    misses, inflight = per_token_of("misses"), per_token_of("inflight_waits")
+    prefetch_hits = per_token_of("prefetch_hits")
+    needed = misses + inflight + prefetch_hits
+    disk_bytes = per_token_of("bytes_read")
     payload = store.payload_bytes
-    ram_bytes = resident + hits * payload / n
+    ram_bytes = resident + hits * payload
     ram_bw = measure_memory_bandwidth(seconds=min(0.5, probe_seconds)).bytes_per_s
     disk_bw = measure_disk_bandwidth(Path(model_dir), seconds=probe_seconds).bytes_per_s
     floor = disk_bytes / disk_bw + ram_bytes / ram_bw
     per_token = float(np.median(times))
+    stall = per_token_of("stall_seconds")
+    compute = float(np.mean(times)) - stall
+    needed_disk = needed * payload / disk_bw
+    predicted = per_token_of("predicted")
     return {
         "tokens_per_s": 1.0 / per_token,
         "seconds_per_token": per_token,
@@ -147,12 +165,25 @@ def bench_decode(model_dir: str | Path, ram_cache_gb: float, num_tokens: int = 1
         "ratio_to_floor": per_token / floor,
         "hit_rate": hits / max(lookups, 1),
         "disk_gb_per_token": disk_bytes / 1e9,
+        "needed_reads_per_token": needed,
+        "misses_per_token": misses,
+        "inflight_waits_per_token": inflight,
+        "prefetch_hits_per_token": prefetch_hits,
+        "prefetch_started_share": (inflight + prefetch_hits) / needed if needed else None,
+        "stall_fraction": (misses + inflight) / needed if needed else None,
+        "stall_time_share": stall / float(np.mean(times)),
+        "prefetch_recall": per_token_of("predicted_hits") / predicted if predicted else None,
+        "prefetch_unused_per_token": per_token_of("prefetch_unused"),
+        "prefetch_cancelled_per_token": per_token_of("prefetch_cancelled"),
+        "compute_seconds_per_token": compute,
+        "needed_disk_seconds_per_token": needed_disk,
+        "wasted_disk_seconds_per_token": per_token_of("prefetch_unused") * payload / disk_bw,
+        "bound": "disk" if needed_disk > compute else "compute",
         "ram_gb_per_token": ram_bytes / 1e9,
         "ram_read_gb_s": ram_bw / 1e9,
         "disk_read_gb_s": disk_bw / 1e9,
-        "stall_seconds_per_token": (after["stall_seconds"] - before["stall_seconds"]) / n,
-        "prefetch_recall": after["prefetch_recall"],
-        "stall_fraction": after["stall_fraction"],
+        "stall_seconds_per_token": stall,
+        "stall_miss_seconds_per_token": per_token_of("stall_miss_seconds"),
         "rss_gb": rss / 1e9,
         "rss_anon_gb": rss_anon / 1e9 if rss_anon is not None else None,
         "ram_cache_budget_gb": budget / 1e9,
@@ -161,4 +192,5 @@ def bench_decode(model_dir: str | Path, ram_cache_gb: float, num_tokens: int = 1
         "cache_fraction": store.arena.num_slots / all_experts,
         "decoded_tokens": n,
         "threads": threads,
+        "io_threads": num_io_threads,
     }

@@ -5,7 +5,12 @@
   but it had not finished, and the step waited for the rest.
 - stall_fraction: of the reads a layer step needed (misses, inflight waits, prefetch hits), the share it had to
   wait for: 0 when prefetch hides every read.
+- prefetch_started_share: of the same reads, the share a prefetch had started before the step asked (inflight
+  waits and prefetch hits). Beside stall_fraction it tells the two causes of stalls apart: reads nobody
+  predicted (misses) and reads predicted but not done in time (inflight waits: the disk is too slow for the
+  time between the prediction and the step).
 - prefetch_recall: of the experts looked up in layer steps that had a prediction, the share predicted.
+- prefetch_cancelled: predicted reads the step did not need, cancelled before they started (no bytes read).
 - prefetch_extra_bytes: bytes read by prefetches their layer step did not use.
 """
 
@@ -26,23 +31,29 @@ class StoreCounters:
     bytes_read: int = 0
     read_seconds: float = 0.0  # summed over I/O threads
     stall_seconds: float = 0.0  # time acquire() waited for reads
+    stall_miss_seconds: float = 0.0  # ... in layer steps where some read had not been predicted
     prefetch_reads: int = 0
     prefetch_unused: int = 0
+    prefetch_cancelled: int = 0
     predicted: int = 0
     predicted_hits: int = 0
 
     def summary(self, expert_bytes: int) -> dict:
         hidden = self.prefetch_hits
         exposed = self.misses + self.inflight_waits
+        needed = exposed + hidden
         return {
             "lookups": self.lookups, "hits": self.hits, "misses": self.misses,
             "hit_rate": self.hits / max(self.lookups, 1),
             "prefetch_hits": self.prefetch_hits, "inflight_waits": self.inflight_waits,
             "prefetch_reads": self.prefetch_reads, "prefetch_unused": self.prefetch_unused,
+            "prefetch_cancelled": self.prefetch_cancelled,
+            "predicted": self.predicted, "predicted_hits": self.predicted_hits,
             "prefetch_recall": self.predicted_hits / self.predicted if self.predicted else None,
             "prefetch_extra_bytes": self.prefetch_unused * expert_bytes,
-            "stall_seconds": self.stall_seconds,
-            "stall_fraction": exposed / (exposed + hidden) if exposed + hidden else None,
+            "stall_seconds": self.stall_seconds, "stall_miss_seconds": self.stall_miss_seconds,
+            "stall_fraction": exposed / needed if needed else None,
+            "prefetch_started_share": (self.inflight_waits + hidden) / needed if needed else None,
             "bytes_read": self.bytes_read, "read_seconds": self.read_seconds,
             "read_gb_s": self.bytes_read / self.read_seconds / 1e9 if self.read_seconds else None,
             "evictions": self.evictions, "read_errors": self.read_errors,

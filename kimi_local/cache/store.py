@@ -12,6 +12,11 @@ done with the previous one. `prefetch(layer, ids)` starts reads without waiting;
 until that layer's acquire (or another layer's), so a miss of the current layer does not evict them. Experts
 in the GPU tier are left out of prefetch: the GPU computes them, so a read or a slot for them would be waste.
 
+Read order (`read_queue.py`). Reads wait in a priority queue and run one chunk at a time: demand reads first
+(a predicted read the step now waits for is moved up to them), then prefetches by layer and by the router's
+confidence; a running prefetch yields its thread to a demand read after its current chunk. At a layer's
+acquire, the predicted reads for it that have not started and that the step does not use are cancelled.
+
 Concurrency. One lock guards the tables; reads run on `num_io_threads` threads outside it (os.preadv
 releases the GIL). A key being read has an in-flight entry with a future: a second request for it waits for
 the same read, so an expert is read once however many ask. A failed read (short read, EIO, missing shard)
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +40,9 @@ import numpy as np
 from kimi_local.cache.kimi_policy import KimiPolicy
 from kimi_local.cache.policy import EvictionPolicy, PolicyError
 from kimi_local.cache.profile import ProfileError, RoutingProfile, model_fingerprint
+from kimi_local.cache.read_queue import ReadQueue
 from kimi_local.cache.reader import (
-    ExpertPlan, ExpertReadError, ShardFiles, expert_slot_bytes, expert_views, plan_expert, read_expert,
+    ExpertPlan, ExpertReadError, ShardFiles, expert_slot_bytes, expert_views, plan_expert, read_expert_steps,
 )
 from kimi_local.cache.slots import SlotArena
 from kimi_local.cache.stats import StoreCounters
@@ -95,7 +101,8 @@ class ExpertStore:
                              f"{self.num_layers} layers x {self.num_experts} experts")
         self.arena = SlotArena(num_slots, self.slot_bytes, populate=populate)
         self.files = ShardFiles(use_direct_io)
-        self._pool = ThreadPoolExecutor(num_io_threads, thread_name_prefix="kimi-expert-io")
+        self._reads = ReadQueue(num_io_threads)
+        self._num_demand = 0  # demand reads so far: their order in the read queue
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}
         self._plans: dict[int, ExpertPlan] = {}
@@ -134,6 +141,7 @@ class ExpertStore:
         entries: list[_Entry] = []
         start = time.perf_counter()
         with self._lock:
+            misses_before = self.counters.misses
             try:
                 for key, n in zip(keys, counts):
                     entries.append(self._lease_for_lookup(key, n))
@@ -143,6 +151,7 @@ class ExpertStore:
                 raise
             self._account_prediction(layer_idx, keys)
             self._release_held(keep=layer_idx + 1)
+            missed = self.counters.misses > misses_before
         waited = False
         try:
             for entry in entries:
@@ -155,6 +164,8 @@ class ExpertStore:
         if waited:
             with self._lock:
                 self.counters.stall_seconds += time.perf_counter() - start
+                if missed:
+                    self.counters.stall_miss_seconds += time.perf_counter() - start
         return [entry.weights for entry in entries]  # type: ignore[misc]
 
     def release(self, layer_idx: int, expert_ids: Iterable[int]) -> None:
@@ -209,7 +220,9 @@ class ExpertStore:
     def prefetch(self, layer_idx: int, expert_ids) -> None:
         """Start reading the experts predicted for `layer_idx`'s next step (best effort, never blocks on I/O).
         Experts in the GPU tier are computed there: they are neither read nor held."""
-        ids = np.unique(np.asarray(expert_ids.cpu() if hasattr(expert_ids, "cpu") else expert_ids).reshape(-1))
+        ids = np.asarray(expert_ids.cpu() if hasattr(expert_ids, "cpu") else expert_ids)
+        ids = ids.reshape(-1, ids.shape[-1]).T.reshape(-1) if ids.ndim > 1 else ids  # every token's best first
+        ids = ids[np.sort(np.unique(ids, return_index=True)[1])]  # distinct, in the router's order
         keys = [self._key(layer_idx, int(e)) for e in ids]
         if self.gpu_tier is not None:
             ids = ids[~self.gpu_tier.contains(layer_idx, ids)]
@@ -218,7 +231,7 @@ class ExpertStore:
             self._predicted[layer_idx] = set(keys)
             started = self._prefetch_read.setdefault(layer_idx, set())
             held = self._held.setdefault(layer_idx, [])
-            for key in (self._key(layer_idx, int(e)) for e in ids):
+            for rank, key in enumerate(self._key(layer_idx, int(e)) for e in ids):
                 if self._num_leased >= self.arena.num_slots // 2:
                     break  # keep half the slots for the layer step that runs meanwhile
                 entry = self._entries.get(key)
@@ -226,7 +239,7 @@ class ExpertStore:
                     if self.arena.num_free == 0 and not self._evict_one(required=False):
                         break  # everything else is in use: skip the rest of the guess
                     try:
-                        entry = self._start_read(key, prefetch=True)
+                        entry = self._start_read(key, prefetch=True, priority=(1, layer_idx, rank))
                     except Exception as exc:  # a hint must not fail the step; the demand read will report it
                         log.warning("prefetch of layer %d expert %d failed: %s", layer_idx,
                                     key % self.num_experts, exc)
@@ -283,7 +296,7 @@ class ExpertStore:
                     continue
                 if self.arena.num_free == 0:
                     break
-                self._start_read(key, prefetch=True)
+                self._start_read(key, prefetch=True, priority=(2, layer_idx))
         return top
 
     def wait_idle(self) -> None:
@@ -293,12 +306,12 @@ class ExpertStore:
         for f in futures:
             try:
                 f.result()
-            except ExpertReadError:
+            except (ExpertReadError, CancelledError):
                 pass
 
     def close(self) -> None:
         self.release_implicit()
-        self._pool.shutdown(wait=True)
+        self._reads.shutdown(wait=True)
         if self.profile_path is not None:
             try:
                 self.save_profile()
@@ -352,6 +365,7 @@ class ExpertStore:
                 entry = self._start_read(key, prefetch=False)
             elif entry.weights is None:
                 c.inflight_waits += 1
+                self._reads.promote(entry.future, self._demand_priority(started=True))  # needed now
             else:
                 c.hits += 1
                 c.prefetch_hits += entry.prefetched
@@ -379,7 +393,14 @@ class ExpertStore:
         self.counters.evictions += 1
         return True
 
-    def _start_read(self, key: int, prefetch: bool) -> _Entry:
+    def _demand_priority(self, started: bool = False) -> tuple:
+        """Demand reads in the order asked, those a prefetch started (partly read) first; then prefetches
+        (1, layer, rank in the prediction), then warm-start reads (2, layer)."""
+        self._num_demand += 1
+        return (0, 0 if started else 1, self._num_demand)
+
+    def _start_read(self, key: int, prefetch: bool, priority: tuple | None = None) -> _Entry:
+        """`priority` orders the read in the queue (`read_queue.py`); default: a demand read."""
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = plan_expert(self.checkpoint, *divmod(key, self.num_experts))
@@ -392,28 +413,43 @@ class ExpertStore:
         entry = _Entry(slot=slot, plan=plan, future=Future(), prefetched=prefetch)
         self._entries[key] = entry
         self._lease(key, entry)  # the read's own lease: the slot is being written
-        entry.future = self._pool.submit(self._read, key, entry)
+        entry.future = self._reads.submit(priority or self._demand_priority(), self._read(key, entry))
         return entry
 
-    def _read(self, key: int, entry: _Entry) -> None:
-        """On an I/O thread: fill the slot, then publish the views."""
-        start = time.perf_counter()
+    def _read(self, key: int, entry: _Entry) -> Iterator[None]:
+        """On an I/O thread, one chunk per step (`read_queue.py`): fill the slot, then publish the views."""
+        busy = 0.0  # seconds spent reading (not waiting in the queue after a preemption)
+        steps = read_expert_steps(entry.plan, self.files, self.arena.slot_view(entry.slot))
+        while True:
+            start = time.perf_counter()
+            try:
+                next(steps)
+            except StopIteration as stop:
+                nbytes = stop.value
+                busy += time.perf_counter() - start
+                break
+            except BaseException as exc:
+                self._read_failed(key, entry, exc)
+            busy += time.perf_counter() - start
+            yield
         try:
-            nbytes = read_expert(entry.plan, self.files, self.arena.slot_view(entry.slot))
             weights = ExpertWeights(*expert_views(entry.plan, self.arena.array, self.arena.base(entry.slot)))
         except BaseException as exc:
-            with self._lock:
-                entry.failed = True
-                self.counters.read_errors += 1
-                self._unlease(key, entry)
-            if not isinstance(exc, ExpertReadError):
-                raise ExpertReadError(0, f"layer {entry.plan.layer_idx} expert {entry.plan.expert_id}: {exc}") from exc
-            raise
+            self._read_failed(key, entry, exc)
         with self._lock:
             entry.weights = weights
             self.counters.bytes_read += nbytes
-            self.counters.read_seconds += time.perf_counter() - start
+            self.counters.read_seconds += busy
             self._unlease(key, entry)
+
+    def _read_failed(self, key: int, entry: _Entry, exc: BaseException) -> None:
+        with self._lock:
+            entry.failed = True
+            self.counters.read_errors += 1
+            self._unlease(key, entry)
+        if not isinstance(exc, ExpertReadError):
+            raise ExpertReadError(0, f"layer {entry.plan.layer_idx} expert {entry.plan.expert_id}: {exc}") from exc
+        raise exc
 
     def _account_prediction(self, layer_idx: int, keys: list[int]) -> None:
         predicted = self._predicted.pop(layer_idx, None)
@@ -422,11 +458,18 @@ class ExpertStore:
             self.counters.predicted_hits += len(predicted.intersection(keys))
         started = self._prefetch_read.pop(layer_idx, None)
         if started:
-            self.counters.prefetch_unused += len(started.difference(keys))
             for key in started.difference(keys):  # counted now; an eviction must not count them again
                 entry = self._entries.get(key)
-                if entry is not None:
-                    entry.prefetched = False
+                if entry is None:
+                    continue
+                entry.prefetched = False
+                if entry.weights is None and self._reads.cancel(entry.future):
+                    # Not started: it costs nothing. The read's own lease goes now, the entry with the last lease.
+                    self.counters.prefetch_cancelled += 1
+                    entry.failed = True
+                    self._unlease(key, entry)
+                else:
+                    self.counters.prefetch_unused += 1
 
     def _release_held(self, keep: int | None, only: int | None = None) -> None:
         """Drop prefetch holds: of layer `only`, or of every layer but `keep`."""

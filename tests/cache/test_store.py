@@ -8,6 +8,7 @@ import pytest
 
 from kimi_local.cache import reader as reader_module
 from kimi_local.cache.reader import ALIGN, ExpertReadError, expert_slot_bytes, plan_expert
+from kimi_local.cache.slots import SlotArena
 from kimi_local.cache.store import ExpertStore, StoreError
 from kimi_local.model.checkpoint import Checkpoint, CheckpointError
 
@@ -24,7 +25,8 @@ def ckpt(tiny_checkpoint, tmp_path):
 
 
 def make_store(ckpt, num_slots, **kw):
-    return ExpertStore(ckpt, num_slots * expert_slot_bytes(ckpt), num_io_threads=2, **kw)
+    kw.setdefault("num_io_threads", 2)
+    return ExpertStore(ckpt, num_slots * expert_slot_bytes(ckpt), **kw)
 
 
 def same(a, b):
@@ -51,6 +53,30 @@ def test_plan_reads_aligned_ranges_within_the_slot(ckpt):
         assert op.file_offset % ALIGN == 0 and op.length % ALIGN == 0 and op.slot_offset % ALIGN == 0
         assert op.slot_offset + op.length <= slot
     assert len(plan.reads) < 6  # each weight and its scale grid are adjacent in the shard: one read
+
+
+def test_chunked_read_yields_between_chunks_and_reads_the_same(ckpt):
+    plan = plan_expert(ckpt, 2, 5)
+    files = reader_module.ShardFiles(True)
+    whole = SlotArena(2, expert_slot_bytes(ckpt))
+    try:
+        nbytes = reader_module.read_expert(plan, files, whole.slot_view(0))
+        assert plan.nbytes <= nbytes <= plan.read_bytes
+        steps = reader_module.read_expert_steps(plan, files, whole.slot_view(1), chunk_bytes=ALIGN)
+        num_steps = 0
+        while True:
+            try:
+                next(steps)
+                num_steps += 1
+            except StopIteration as stop:
+                assert stop.value == nbytes
+                break
+        assert num_steps >= sum(op.length // ALIGN for op in plan.reads)
+        assert np.array_equal(whole.slot_view(0), whole.slot_view(1))
+        with pytest.raises(ValueError, match="multiple of 4096"):
+            next(reader_module.read_expert_steps(plan, files, whole.slot_view(1), chunk_bytes=1000))
+    finally:
+        files.close()
 
 
 def test_eviction_respects_the_budget_exactly(ckpt):
@@ -170,15 +196,15 @@ def test_truncated_shard_header_check(tiny_checkpoint, tmp_path):
 
 
 def test_concurrent_lookups_of_one_expert_read_it_once(ckpt, monkeypatch):
-    real = reader_module.read_expert
+    real = reader_module.read_expert_steps
     reads = []
 
     def slow(plan, files, slot):
         reads.append(plan.expert_id)
         time.sleep(0.2)
-        return real(plan, files, slot)
+        return (yield from real(plan, files, slot))
 
-    monkeypatch.setattr("kimi_local.cache.store.read_expert", slow)
+    monkeypatch.setattr("kimi_local.cache.store.read_expert_steps", slow)
     with make_store(ckpt, 4) as store:
         results = []
 
@@ -285,3 +311,57 @@ def test_policy_follows_the_layer_steps(ckpt):
         assert model.context_count(1 * 16 + 3) == pytest.approx(6, rel=1e-2)
         store.record_routing(1, np.array([7]), np.array([4.0]), np.array([1.0]), 4)  # the next prompt
         assert model.num_contexts == 2 and model.context_count(1 * 16 + 3) == 0
+
+
+class HeldReads:
+    """Replaces the store's expert reads: records the order they start in; the reads of the experts in `hold`
+    wait at their start until `go(expert)`."""
+
+    def __init__(self, monkeypatch, hold: tuple[int, ...]):
+        self.started: list[int] = []
+        self.entered = {e: threading.Event() for e in hold}
+        self.opened = {e: threading.Event() for e in hold}
+        real = reader_module.read_expert_steps
+
+        def steps(plan, files, slot):
+            e = plan.expert_id
+            self.started.append(e)
+            if e in self.entered:
+                self.entered[e].set()
+                assert self.opened[e].wait(5)
+            return (yield from real(plan, files, slot))
+
+        monkeypatch.setattr("kimi_local.cache.store.read_expert_steps", steps)
+
+    def wait_entered(self, expert):
+        assert self.entered[expert].wait(5)
+
+    def go(self, expert):
+        self.opened[expert].set()
+
+
+def test_reads_start_in_order_of_need(ckpt, monkeypatch):
+    """One I/O thread: prefetches go in the router's order (every token's best guess first), a demand miss of
+    the current step goes before all of them, and the unused queued guesses are cancelled, never read."""
+    held = HeldReads(monkeypatch, hold=(5, 9))
+    with make_store(ckpt, 10, num_io_threads=1) as store:
+        store.prefetch(2, np.array([[5, 3, 7], [9, 3, 4]]))  # rank order: 5, 9, 3, 7, 4
+        held.wait_entered(5)
+        step1 = threading.Thread(target=lambda: store.release(1, [12]) if store.acquire(1, [12]) else None)
+        step1.start()
+        time.sleep(0.05)  # layer 1's demand miss is queued behind the running read
+        held.go(5)
+        step1.join(5)
+        held.wait_entered(9)  # the prefetch of 9 runs now; 3, 7, 4 wait in the queue
+        step2 = threading.Thread(target=lambda: store.release(2, [5, 9]) if store.acquire(2, [5, 9]) else None)
+        step2.start()
+        time.sleep(0.05)  # the step used 5 and 9: the queued 3, 7, 4 are cancelled
+        held.go(9)
+        step2.join(5)
+        store.wait_idle()
+        snap = store.snapshot()
+    assert held.started == [5, 12, 9]
+    assert snap["prefetch_cancelled"] == 3 and snap["prefetch_unused"] == 0 and snap["prefetch_reads"] == 5
+    assert snap["prefetch_hits"] == 1 and snap["inflight_waits"] == 1 and snap["misses"] == 1
+    assert snap["ram_resident_experts"] == 3  # 1:12, 2:5, 2:9: the cancelled ones left no slot behind
+    assert store.max_lease == 10
