@@ -7,6 +7,8 @@ them. Around that it
 - forwards the model's prefetch hint to the store;
 - splits the step when it needs more experts than the RAM budget holds at once (a long prefill chunk on a
   small budget): the experts go in groups that fit, each token row masked to the experts of the group;
+- computes first the experts that are in RAM when the step starts and then those still being read (a miss or a
+  late prefetch), so the kernel works while the disk brings the rest; the partial sums add up;
 - sends the experts that sit in the GPU tier (if any) to the GPU kernel, running it while the CPU kernel does
   the rest; the two partial sums add up to the step's output. The experts the tier wants next are computed on
   the CPU this step and copied to the GPU from their leased RAM slots after the CPU kernel: the promotion
@@ -80,14 +82,10 @@ class CachedExperts:
         out = torch.zeros_like(x)
         for start in range(0, len(experts), room):
             group = experts[start : start + room]
-            member = np.isin(ids, group) if keep is None else np.isin(ids, group) & keep
-            rows = np.flatnonzero(member.any(axis=1))
-            if rows.size == 0:
+            masked = _masked(ids, weights, group, keep)
+            if masked is None:
                 continue
-            # Non-members of a row point at one of its members with weight 0: no expert outside the group.
-            fill = ids[rows, member[rows].argmax(axis=1)]
-            sub_ids = np.where(member[rows], ids[rows], fill[:, None])
-            sub_w = np.where(member[rows], weights[rows], 0.0).astype(np.float32)
+            rows, sub_ids, sub_w = masked
             rows_t = torch.from_numpy(rows).to(x.device)
             part = self._group(layer_idx, x[rows_t], sub_ids, sub_w, group, counts[start : start + room], promote)
             out.index_add_(0, rows_t, part)
@@ -95,16 +93,65 @@ class CachedExperts:
 
     def _group(self, layer_idx: int, x: torch.Tensor, ids: np.ndarray, weights: np.ndarray, experts: np.ndarray,
                counts: np.ndarray, promote: list[int]) -> torch.Tensor:
-        leased = self.store.acquire(layer_idx, experts.tolist(), counts.tolist())
+        """One leased group. Experts still being read when the step starts are computed after the others:
+        the kernel works on what is in RAM while the disk brings the rest."""
+        expert_list = experts.tolist()
+        leased = self.store.acquire_ready(layer_idx, expert_list, counts.tolist())
         try:
-            self._source.layer_idx = layer_idx
-            self._source.weights = dict(zip(experts.tolist(), leased))
-            out = self.kernel(layer_idx, x, torch.from_numpy(np.ascontiguousarray(ids)).to(x.device),
-                              torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).to(x.device))
+            ready = np.array([w is not None for w in leased])
+            if ready.all() or not ready.any():
+                if not ready.all():
+                    leased = self.store.wait_leased(layer_idx, expert_list)
+                out = self._compute(layer_idx, x, ids, weights, expert_list, leased)
+            else:
+                out = self._compute_part(layer_idx, x, ids, weights, experts[ready], leased, ready)
+                pending = experts[~ready]
+                arrived = self.store.wait_leased(layer_idx, pending.tolist())
+                out = out + self._compute_part(layer_idx, x, ids, weights, pending, arrived, None)
+                leased = [w if w is not None else arrived[pending.tolist().index(e)]
+                          for e, w in zip(expert_list, leased)]
             for expert_id in promote:  # GPU tier: copy from the slot this step leased anyway
-                if expert_id in self._source.weights:
-                    self.store.gpu_tier.promote(layer_idx, expert_id, self._source.weights[expert_id])
+                if expert_id in expert_list:
+                    self.store.gpu_tier.promote(layer_idx, expert_id, leased[expert_list.index(expert_id)])
             return out
         finally:
+            self.store.release(layer_idx, expert_list)
+
+    def _compute_part(self, layer_idx: int, x: torch.Tensor, ids: np.ndarray, weights: np.ndarray,
+                      part: np.ndarray, leased: list, select: np.ndarray | None) -> torch.Tensor:
+        """The step's output from the experts in `part` only (their weights: `leased`, filtered by `select`)."""
+        if select is not None:
+            leased = [w for w, s in zip(leased, select) if s]
+        out = torch.zeros_like(x)
+        masked = _masked(ids, weights, part, None)
+        if masked is None:
+            return out
+        rows, sub_ids, sub_w = masked
+        rows_t = torch.from_numpy(rows).to(x.device)
+        out.index_add_(0, rows_t, self._compute(layer_idx, x[rows_t], sub_ids, sub_w, part.tolist(), leased))
+        return out
+
+    def _compute(self, layer_idx: int, x: torch.Tensor, ids: np.ndarray, weights: np.ndarray,
+                 expert_list: list[int], leased: list[ExpertWeights]) -> torch.Tensor:
+        self._source.layer_idx = layer_idx
+        self._source.weights = dict(zip(expert_list, leased))
+        try:
+            return self.kernel(layer_idx, x, torch.from_numpy(np.ascontiguousarray(ids)).to(x.device),
+                               torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)).to(x.device))
+        finally:
             self._source.weights = {}
-            self.store.release(layer_idx, experts.tolist())
+
+
+def _masked(ids: np.ndarray, weights: np.ndarray, group: np.ndarray,
+            keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The rows of a step that chose experts of `group` (and of `keep`, where given), their ids and weights
+    restricted to those: a non-member points at one of its row's members with weight 0, so the kernel sees
+    no expert outside the group. None if no row chose any."""
+    member = np.isin(ids, group) if keep is None else np.isin(ids, group) & keep
+    rows = np.flatnonzero(member.any(axis=1))
+    if rows.size == 0:
+        return None
+    fill = ids[rows, member[rows].argmax(axis=1)]
+    sub_ids = np.where(member[rows], ids[rows], fill[:, None])
+    sub_w = np.where(member[rows], weights[rows], 0.0).astype(np.float32)
+    return rows, sub_ids, sub_w

@@ -10,7 +10,8 @@ reads plus the expert bytes served from the cache).
 
 Where the stalls come from (all per timed token, see `stats.py`): `misses` (reads nobody predicted),
 `inflight_waits` (predicted, started, not done when the step came) and `prefetch_hits` (predicted and done);
-`prefetch_started_share` is the share of needed reads a prefetch started early. Beside them the time budget:
+`prefetch_started_share` is the share of needed reads a prefetch started early, `stall_fraction` the share a
+step had to wait for, `stall_time_share` the share of the token's time spent waiting. Beside them the time budget:
 `compute_seconds_per_token` (the token's time not spent waiting for reads) against `needed_disk_seconds_per_token`
 (the needed reads at the measured disk rate) and `wasted_disk_seconds_per_token` (prefetches read and not used).
 When the needed reads take longer than the compute they could hide behind, no prefetch can hide them all:
@@ -95,7 +96,7 @@ def _anonymous_rss(process: psutil.Process) -> int | None:
 
 
 def bench_decode(model_dir: str | Path, ram_cache_gb: float, num_tokens: int = 16, prompt_len: int = 8,
-                 num_threads: int | None = None, num_io_threads: int = 4, kernel: str = "numba",
+                 num_threads: int | None = None, num_io_threads: int = 2, kernel: str = "numba",
                  probe_seconds: float = 3.0) -> dict:
     from kimi_local.engine.engine import Engine
     from kimi_local.engine.sampling import SamplingParams
@@ -170,7 +171,8 @@ def bench_decode(model_dir: str | Path, ram_cache_gb: float, num_tokens: int = 1
         "inflight_waits_per_token": inflight,
         "prefetch_hits_per_token": prefetch_hits,
         "prefetch_started_share": (inflight + prefetch_hits) / needed if needed else None,
-        "stall_fraction": (misses + inflight) / needed if needed else None,
+        "not_ready_fraction": (misses + inflight) / needed if needed else None,
+        "stall_fraction": per_token_of("waited_reads") / needed if needed else None,
         "stall_time_share": stall / float(np.mean(times)),
         "prefetch_recall": per_token_of("predicted_hits") / predicted if predicted else None,
         "prefetch_unused_per_token": per_token_of("prefetch_unused"),

@@ -65,6 +65,7 @@ class _Entry:
     weights: ExpertWeights | None = None  # set once the read is done
     failed: bool = False
     prefetched: bool = False  # read by prefetch and not looked up since
+    demand: bool = False  # read because a layer step asked for it unpredicted (a miss)
 
 
 class ExpertStore:
@@ -134,14 +135,26 @@ class ExpertStore:
         """Weights of `expert_ids` (distinct) for one layer step, each leased until `release`. `token_counts`:
         how many of the step's tokens chose each expert (default 1), what the policy weighs."""
         ids = [int(e) for e in expert_ids]
+        weights = self.acquire_ready(layer_idx, ids, token_counts)
+        if all(w is not None for w in weights):
+            return weights  # type: ignore[return-value]
+        try:
+            return self.wait_leased(layer_idx, ids)
+        except BaseException:
+            self.release(layer_idx, ids)
+            raise
+
+    def acquire_ready(self, layer_idx: int, expert_ids: Iterable[int],
+                      token_counts: Iterable[float] | None = None) -> list[ExpertWeights | None]:
+        """`acquire` without waiting: every expert is leased (its read started if needed), and those still being
+        read come back as None; `wait_leased` waits for them. A kernel can meanwhile compute the others."""
+        ids = [int(e) for e in expert_ids]
         keys = [self._key(layer_idx, e) for e in ids]
         if len(set(keys)) != len(keys):
             raise StoreError(f"acquire: expert ids of layer {layer_idx} must be distinct, got {ids}")
         counts = [1.0] * len(keys) if token_counts is None else [float(n) for n in token_counts]
         entries: list[_Entry] = []
-        start = time.perf_counter()
         with self._lock:
-            misses_before = self.counters.misses
             try:
                 for key, n in zip(keys, counts):
                     entries.append(self._lease_for_lookup(key, n))
@@ -151,21 +164,31 @@ class ExpertStore:
                 raise
             self._account_prediction(layer_idx, keys)
             self._release_held(keep=layer_idx + 1)
-            missed = self.counters.misses > misses_before
-        waited = False
-        try:
-            for entry in entries:
-                if entry.weights is None:
-                    waited = True
+        return [entry.weights for entry in entries]
+
+    def wait_leased(self, layer_idx: int, expert_ids: Iterable[int]) -> list[ExpertWeights]:
+        """Wait for the reads of leased experts; the wait counts as stall time. A failed read raises its
+        `ExpertReadError` (the leases stay: release them)."""
+        with self._lock:
+            entries = []
+            for e in expert_ids:
+                entry = self._entries.get(self._key(layer_idx, int(e)))
+                if entry is None or entry.leases == 0:
+                    raise StoreError(f"wait_leased: layer {layer_idx} expert {e} is not leased")
+                entries.append(entry)
+        waiting = [entry for entry in entries if entry.weights is None]
+        if waiting:
+            start = time.perf_counter()
+            try:
+                for entry in waiting:
                     entry.future.result()
-        except BaseException:
-            self.release(layer_idx, ids)
-            raise
-        if waited:
-            with self._lock:
-                self.counters.stall_seconds += time.perf_counter() - start
-                if missed:
-                    self.counters.stall_miss_seconds += time.perf_counter() - start
+            finally:
+                waited = time.perf_counter() - start
+                with self._lock:
+                    self.counters.waited_reads += len(waiting)
+                    self.counters.stall_seconds += waited
+                    if any(entry.demand for entry in waiting):
+                        self.counters.stall_miss_seconds += waited
         return [entry.weights for entry in entries]  # type: ignore[misc]
 
     def release(self, layer_idx: int, expert_ids: Iterable[int]) -> None:
@@ -410,7 +433,7 @@ class ExpertStore:
             self._evict_one()
             slot = self.arena.allocate()
         self.policy.admit(key)
-        entry = _Entry(slot=slot, plan=plan, future=Future(), prefetched=prefetch)
+        entry = _Entry(slot=slot, plan=plan, future=Future(), prefetched=prefetch, demand=not prefetch)
         self._entries[key] = entry
         self._lease(key, entry)  # the read's own lease: the slot is being written
         entry.future = self._reads.submit(priority or self._demand_priority(), self._read(key, entry))

@@ -116,13 +116,15 @@ def register_store(benches: argparse._SubParsersAction) -> None:
         help="decode tokens/s from a RAM expert cache smaller than the experts, against the bandwidth floor",
         description="Decode on a checkpoint whose routed experts do not fit --ram-cache-gb; report tokens/s, hit "
         "rate, disk bytes per token, RSS and the floor (the same bytes at the RAM and disk read rates measured "
-        "in the same run).",
+        "in the same run), and where stalls come from: reads nobody predicted, reads predicted too late, and "
+        "the needed reads' disk time against the compute time they could hide behind.",
     )
     p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (e.g. a k2-slice)")
     p.add_argument("--ram-cache-gb", type=float, required=True, metavar="G", help="RAM expert-cache budget, GiB")
     p.add_argument("--tokens", type=int, default=16, help="decoded tokens to time (default 16)")
     p.add_argument("--threads", type=int, default=0, help="CPU expert threads (default: physical cores)")
-    p.add_argument("--io-threads", type=int, default=4, help="reads in flight (default 4)")
+    p.add_argument("--io-threads", type=int, default=2,
+                   help="I/O threads (default 2: two reach the disk's rate; more split it between more reads)")
     p.add_argument("--kernel", choices=("numba", "torch"), default="numba", help="expert kernel (default numba)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_decode)

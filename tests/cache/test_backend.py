@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -95,3 +97,43 @@ def test_gpu_tier_on_the_cpu_device_matches(ckpt):
         for slot, key in enumerate(tier.key_of_slot.tolist()):  # each slot holds exactly the expert it claims
             layer, e = divmod(key, 16)
             assert torch.equal(tier.stacked.gate_q[slot], torch.from_numpy(ckpt.expert(layer, e).gate_q))
+
+
+def test_experts_in_ram_are_computed_while_the_rest_is_read(ckpt, monkeypatch):
+    """A step whose experts 1, 2 are cached and 3, 4 are not: the kernel runs on 1, 2 while 3 and 4 are still
+    being read (the read is held until the first kernel call), then on 3, 4; the sum is the full output."""
+    from kimi_local.cache import reader
+
+    first_call, opened = threading.Event(), threading.Event()
+    real = reader.read_expert_steps
+
+    def held(plan, files, slot):
+        if plan.expert_id in (3, 4):
+            assert opened.wait(5)
+        return (yield from real(plan, files, slot))
+
+    calls = []
+
+    class Recording(TorchReferenceExperts):
+        def __call__(self, layer_idx, x, ids, w):
+            calls.append(sorted(set(ids[w > 0].tolist())))
+            first_call.set()
+            return super().__call__(layer_idx, x, ids, w)
+
+    x, _, _ = routing(np.random.default_rng(0), 1)
+    ids = torch.tensor([[1, 3, 2, 4]])
+    w = torch.tensor([[0.4, 0.3, 0.2, 0.1]])
+    with ExpertStore(ckpt, 8 * expert_slot_bytes(ckpt), num_io_threads=2) as store:
+        with store.lease(1, [1, 2]):
+            pass
+        monkeypatch.setattr("kimi_local.cache.store.read_expert_steps", held)
+        experts = CachedExperts(store, Recording)
+        result = {}
+        t = threading.Thread(target=lambda: result.setdefault("out", experts(1, x, ids, w)))
+        t.start()
+        assert first_call.wait(5)
+        opened.set()
+        t.join(5)
+        assert store.snapshot()["stall_miss_seconds"] > 0
+    assert calls == [[1, 2], [3, 4]]
+    torch.testing.assert_close(result["out"], TorchReferenceExperts(ckpt)(1, x, ids, w), rtol=1e-5, atol=1e-5)

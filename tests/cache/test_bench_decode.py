@@ -21,3 +21,13 @@ def test_bench_decode_on_a_budget_smaller_than_the_experts(tiny_checkpoint):
     assert result["cache_fraction"] == pytest.approx(6 / 32)
     assert 0 <= result["hit_rate"] < 1 and result["disk_gb_per_token"] > 0
     assert result["floor_seconds_per_token"] > 0 and result["ratio_to_floor"] > 0
+    # the needed reads add up, and their shares and the time budget follow from the same counts
+    needed = result["misses_per_token"] + result["inflight_waits_per_token"] + result["prefetch_hits_per_token"]
+    assert result["needed_reads_per_token"] == pytest.approx(needed) and needed > 0
+    assert result["prefetch_started_share"] == pytest.approx(
+        (result["inflight_waits_per_token"] + result["prefetch_hits_per_token"]) / needed)
+    assert 0 <= result["stall_fraction"] <= result["not_ready_fraction"] <= 1
+    assert 0 <= result["stall_time_share"] < 1 and result["stall_miss_seconds_per_token"] <= result[
+        "stall_seconds_per_token"]
+    assert result["bound"] == ("disk" if result["needed_disk_seconds_per_token"] >
+                               result["compute_seconds_per_token"] else "compute")
