@@ -52,7 +52,7 @@ class ReadFaults:
         self._one_shot = False
         self._bad: set[tuple[int, int]] = set()
         self.injected = 0
-        self._real_read = store_module.read_expert
+        self._real_read = store_module.read_expert_steps
         self._real_preadv = reader_module.os.preadv
 
     def one_shot(self) -> None:
@@ -64,15 +64,21 @@ class ReadFaults:
             self._bad.add((layer_idx, expert_id))
 
     def _read(self, plan, files, slot):
+        """The store's chunked read (a generator run one chunk per step on an I/O thread), gated per step."""
         with self._lock:
             fail = (plan.layer_idx, plan.expert_id) in self._bad or self._one_shot
             self._one_shot = False
             self.injected += fail
-        self._gate.fail = fail
-        try:
-            return self._real_read(plan, files, slot)
-        finally:
-            self._gate.fail = False
+        steps = self._real_read(plan, files, slot)
+        while True:
+            self._gate.fail = fail
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                self._gate.fail = False
+            yield
 
     def _preadv(self, fd, buffers, offset):
         if getattr(self._gate, "fail", False):
@@ -80,12 +86,12 @@ class ReadFaults:
         return self._real_preadv(fd, buffers, offset)
 
     def __enter__(self) -> "ReadFaults":
-        store_module.read_expert = self._read
+        store_module.read_expert_steps = self._read
         reader_module.os.preadv = self._preadv
         return self
 
     def __exit__(self, *exc) -> None:
-        store_module.read_expert = self._real_read
+        store_module.read_expert_steps = self._real_read
         reader_module.os.preadv = self._real_preadv
 
 

@@ -35,14 +35,14 @@ def test_rss_stays_within_the_ram_budget_while_streaming(budget_server):
 
 def test_the_rss_check_catches_a_store_that_keeps_what_it_reads(budget_server, monkeypatch):
     kept = []
-    real_read = store_module.read_expert
+    real_read = store_module.read_expert_steps
 
     def hoarding_read(plan, files, slot):
-        n = real_read(plan, files, slot)
+        n = yield from real_read(plan, files, slot)
         kept.append(bytearray(slot))  # a copy per read that is never freed
         return n
 
-    monkeypatch.setattr(store_module, "read_expert", hoarding_read)
+    monkeypatch.setattr(store_module, "read_expert_steps", hoarding_read)
     bound = budget_server.store.snapshot()["ram_arena_bytes"] + OVERHEAD
     _, _, peak = stream_from_disk(budget_server, 3 * bound // 2)
     assert peak > bound
