@@ -6,6 +6,10 @@ probabilities the draws come from. For a synthetic trace those are known: each s
 the resident expert with the smallest such weight (the classic A0 rule) approximates the best any online policy
 can do on that trace, so it says how much of the LRU-to-OPT gap is reachable at all. Not a real policy: it
 reads the stream's sequence boundaries and the hidden weights. Slow (a numpy argmin per eviction).
+
+With `protect_next` it also knows the next layer step's experts exactly (a perfect prefetch prediction, which
+the engine has only approximately: the next layer's router applied early) and never evicts them: what the
+prediction could add to the hit rate at most.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from kimi_local.cache.traces import TraceSpec
 class SequenceOracle(EvictionPolicy):
     name = "oracle_a0"
 
-    def __init__(self, stream: AccessStream, probs: np.ndarray, spec: TraceSpec):
+    def __init__(self, stream: AccessStream, probs: np.ndarray, spec: TraceSpec, protect_next: bool = False):
         super().__init__(stream.num_layers, stream.num_experts)
         if probs.shape[1:] != (stream.num_layers, stream.num_experts):
             raise ValueError(f"probs {list(probs.shape)} do not match the stream's "
@@ -33,6 +37,12 @@ class SequenceOracle(EvictionPolicy):
         self._last = np.full(self.num_keys, -np.inf)
         self._last_seq = np.full(self.num_keys, -1)
         self._pos = -1
+        self._protect_next = protect_next
+        if protect_next:
+            self.name = "oracle_a0_next"
+            self._keys = stream.keys
+            self._starts = stream.group_starts
+            self._group = np.repeat(np.arange(stream.group_phase.size), np.diff(stream.group_starts))
 
     def _on_access(self, key, weight, evictable):
         self._pos += 1
@@ -47,6 +57,11 @@ class SequenceOracle(EvictionPolicy):
 
     def _victim(self):
         idx = np.flatnonzero(self._evictable)
+        if self._protect_next and idx.size:
+            g = self._group[max(self._pos, 0)] + 1
+            if g + 1 < self._starts.size:
+                free = ~np.isin(idx, self._keys[self._starts[g] : self._starts[g + 1]])
+                idx = idx[free] if free.any() else idx
         if idx.size == 0:
             return None
         seq = self._seq[max(self._pos, 0)]

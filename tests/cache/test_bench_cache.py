@@ -49,3 +49,34 @@ def test_the_oracle_bound_sits_between_lru_and_opt():
     assert result["lru"]["hit_rate"] < oracle <= result["opt"]["hit_rate"]
     assert oracle >= result["kimi_local"]["hit_rate"] - 0.01  # knowing the probabilities beats estimating them
     assert "online policy can expect" in format_cache_bench(result)
+    assert oracle - 0.01 <= result["oracle_a0_next"]["hit_rate"] <= result["opt"]["hit_rate"]
+
+
+def test_the_next_step_oracle_never_evicts_the_next_steps_experts():
+    from kimi_local.cache.oracle import SequenceOracle
+    from kimi_local.cache.simulate import access_stream
+    from kimi_local.cache.traces import TraceSpec, synthesize_trace_with_probs
+
+    spec = TraceSpec(num_layers=3, num_experts=16, top_k=2, num_seqs=1, prefill_tokens=0, decode_tokens=20)
+    trace, probs = synthesize_trace_with_probs(spec)
+    stream = access_stream(trace)
+    policy = SequenceOracle(stream, probs, spec, protect_next=True)
+    starts = stream.group_starts
+    capacity, resident = 6, set()
+    for g in range(len(starts) - 1):
+        group = stream.keys[starts[g] : starts[g + 1]].tolist()
+        upcoming = set(stream.keys[starts[g + 1] : starts[g + 2]].tolist()) if g + 2 < len(starts) else set()
+        for key in group:
+            policy.pin(key)
+            policy.access(key)
+            if key not in resident:
+                if len(resident) >= capacity:
+                    old = policy.victim()
+                    evictable = resident - set(group) - upcoming
+                    assert old not in upcoming or not evictable
+                    policy.remove(old)
+                    resident.discard(old)
+                policy.admit(key)
+                resident.add(key)
+        for key in group:
+            policy.unpin(key)
