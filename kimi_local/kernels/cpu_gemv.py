@@ -9,7 +9,7 @@ codes with `xs`: `e4m3_dot_2xT` takes two rows per pass, decodes in registers (o
 prefetches ahead. The weight bytes are read once, in address order, and never written anywhere. The last
 `K % DOT_STEP` columns of each row go through the scalar form of the same decode.
 
-Work items are runs of rows, handed out to the threads by a shared counter (`cpu_sched`).
+Work is handed out to the threads in guided runs of rows (`cpu_sched.claim_rows`): long first, short last.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, next_item
+from kimi_local.kernels.cpu_sched import claim_rows, min_run_rows
 from kimi_local.kernels.cpu_simd import (
     DOT_STEP, DOT_TOKENS, HALF_BIAS_SHIFT, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3, e4m3_dot_2x4,
     e4m3_half_bits, half_to_float, prefetch_head,
@@ -102,16 +102,16 @@ def gemv_rows(codes, scales, x, r0, r1, xs, y):
 
 
 @parallel_jit
-def _fp8_gemv(codes, scales, x, y, num_items, num_workers):
+def _fp8_gemv(codes, scales, x, y, num_workers):
     num_rows, num_cols = codes.shape
-    counter = np.zeros(1, np.int64)
+    min_rows = min_run_rows(num_cols)
+    cursor = np.zeros(1, np.int64)
     for _ in prange(num_workers):
         xs = np.empty((x.shape[0], num_cols), np.float32)
-        item = next_item(counter)
-        while item < num_items:
-            r0, r1 = item_bounds(item, num_items, num_rows)
+        r0, r1 = claim_rows(cursor, 0, num_rows, num_workers, min_rows)
+        while r0 < r1:
             gemv_rows(codes, scales, x, r0, r1, xs, y[:, r0:r1])
-            item = next_item(counter)
+            r0, r1 = claim_rows(cursor, 0, num_rows, num_workers, min_rows)
 
 
 def fp8_gemv(codes: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -123,8 +123,7 @@ def fp8_gemv(codes: np.ndarray, scales: np.ndarray, x: np.ndarray) -> np.ndarray
     x2 = x.reshape(-1, x.shape[-1])
     y = np.empty((x2.shape[0], codes.shape[0]), np.float32)
     if x2.shape[0]:
-        workers = numba.get_num_threads()
-        _fp8_gemv(codes, scales, x2, y, ITEMS_PER_THREAD * workers, workers)
+        _fp8_gemv(codes, scales, x2, y, numba.get_num_threads())
     return y[0] if x.ndim == 1 else y
 
 

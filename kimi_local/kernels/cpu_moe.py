@@ -11,20 +11,23 @@ Each expert goes through one of two kernels, by how many tokens it got:
   over LANES-token panels; its activations are packed once per call and phase 1 writes its `h` straight in
   the panel layout phase 2 reads.
 
-Work is split by weight rows, never by expert, so both cores stay busy whatever the routing skew, and every
-work item is handed out by one shared counter (`cpu_sched`), so a thread that loses its core takes fewer:
+Work is split by weight rows, never by expert, so both cores stay busy whatever the routing skew, and all
+work is handed out through shared counters (`cpu_sched`), so a thread that loses its core takes less:
 
-* phase 1 (gate, up): the GEMV experts' gate and up matrices are laid end to end as one virtual row space cut
-  into equal items, so an item streams one or two long runs of weight bytes (the same bytes in many short
-  runs, one per expert and item, streamed 5-10% slower here: each run starts cold); GEMM items take a range
-  of the I rows for every tiled expert;
-* phase 2 (down): the same for the down matrices (GEMV items form h = silu(gate) * up as they go); GEMM items
-  own their output columns and add their weighted results directly, GEMV items write per-token rows that a
+* phase 1 (gate, up): the GEMV experts' gate and up matrices are laid end to end as one virtual row space
+  handed out in guided runs (long first, short at the end), so a thread streams long stretches of weight
+  bytes (the same bytes in many short runs, one per expert and item, streamed 5-10% slower here: each run
+  starts cold); GEMM items take a range of the I rows for every tiled expert;
+* phase 2 (down): the same for the down matrices (GEMV runs form h = silu(gate) * up as they go); GEMM items
+  own their output columns and add their weighted results directly, GEMV runs write per-token rows that a
   last pass adds in slot order.
 
-Only the two weight-streaming phases always run on all threads: the short passes around them (packing a
-decode step's inputs, adding the GEMV outputs) run on the calling thread, since waking the others (and
-waiting for one that lost its core) would cost more than they do.
+Both phases run in one parallel region without a barrier between them: a thread that runs out of phase 1
+work starts on phase 2 at once, and a down run waits only until its own expert's gate and up rows are done
+(counted per expert), which, with the experts in order, has long happened except at the very end. With a
+barrier, every layer paid for the slower thread's last phase 1 item (measured 0.1-0.5 ms of 15 here).
+The short passes around the region (packing a decode step's inputs, adding the GEMV outputs) run on the
+calling thread, since waking the others (and waiting for one that lost its core) would cost more than they do.
 
 Results do not depend on the thread count or item boundaries (each output is summed in a fixed order).
 Expert weights reach the kernels as a table of addresses (`cpu_views`), checked and kept alive by the
@@ -33,7 +36,6 @@ wrapper; scratch buffers live in a `Workspace` the caller may keep between calls
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numba
@@ -44,78 +46,18 @@ from kimi_local.kernels.cpu_checks import check_activations, check_fp8_arrays
 from kimi_local.kernels.cpu_gemm import GEMM_ROWS, K_CHUNK, gemm_rows
 from kimi_local.kernels.cpu_gemv import gemv_rows
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_sched import ITEMS_PER_THREAD, item_bounds, next_item
-from kimi_local.kernels.cpu_simd import DOT_TOKENS, LANES, TILE_ROWS
+from kimi_local.kernels.cpu_routing import (  # noqa: F401 (GEMV_MAX_TOKENS, group_routing: re-exported)
+    GEMV_MAX_TOKENS, group_routing, largest_groups,
+)
+from kimi_local.kernels.cpu_sched import (
+    ITEMS_PER_THREAD, claim_rows, fetch_add, item_bounds, mark_done, min_run_rows, wait_done,
+)
+from kimi_local.kernels.cpu_simd import LANES, TILE_ROWS
 from kimi_local.kernels.cpu_views import address_of, f32_matrix_at, u8_matrix_at
 from kimi_local.model.experts import ExpertWeights
 from kimi_local.model.fp8 import BLOCK, dequantize
 
-# An expert with more tokens than this goes through the decode-once GEMM. The GEMV decodes each code once
-# per DOT_TOKENS tokens, the GEMM once in all but pays a full LANES-wide FMA per weight and panel: on AVX-512
-# they cost the same at 13-14 tokens (`kimi-local bench kernels` shapes, one thread).
-GEMV_MAX_TOKENS = 3 * DOT_TOKENS
 PARALLEL_PACK_ROWS = 64  # activation rows above which phase 0 runs on all threads
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Routed (token, expert) pairs grouped by expert, the form the kernel walks.
-
-    Expert `e` (an index into the caller's expert list) owns slots `starts[e]:starts[e + 1]`; slot `m` is
-    token `tokens[m]` with routing weight `weights[m]`. Experts above GEMV_MAX_TOKENS have their activations
-    in `panel_offsets[e]`-based panel buffers, the others in `row_offsets[e]`-based row buffers."""
-
-    starts: np.ndarray  # int64 [E + 1]
-    tokens: np.ndarray  # int64 [T * k]
-    weights: np.ndarray  # float32 [T * k]
-    panel_offsets: np.ndarray  # int64 [E + 1], in panels (LANES tokens each)
-    row_offsets: np.ndarray  # int64 [E + 1], in rows (one token each)
-    gemv_experts: np.ndarray  # int64: the experts with 1..GEMV_MAX_TOKENS tokens
-    tile_experts: np.ndarray  # int64: the experts with more
-
-
-def group_routing(topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: np.ndarray) -> Routing:
-    """`topk_ids [T, k]` (global expert ids) to slots grouped by position in `expert_ids`."""
-    order = np.argsort(expert_ids, kind="stable")
-    sorted_ids = expert_ids[order]
-    flat = topk_ids.reshape(-1)
-    pos = np.searchsorted(sorted_ids, flat)
-    pos_clipped = np.minimum(pos, len(sorted_ids) - 1)
-    missing = sorted_ids[pos_clipped] != flat
-    if missing.any():
-        raise ValueError(f"topk_ids routes to expert {int(flat[missing][0])}, which is not in expert_ids")
-    index = order[pos_clipped]  # position of each routed pair's expert in the caller's list
-    slot_order = np.argsort(index, kind="stable")
-    counts = np.bincount(index, minlength=len(expert_ids))
-    starts = np.zeros(len(expert_ids) + 1, np.int64)
-    np.cumsum(counts, out=starts[1:])
-    is_tiled = counts > GEMV_MAX_TOKENS
-    panels = np.where(is_tiled, -(-counts // LANES), 0)
-    rows = np.where(is_tiled, 0, counts)
-    panel_offsets = np.zeros(len(expert_ids) + 1, np.int64)
-    row_offsets = np.zeros(len(expert_ids) + 1, np.int64)
-    np.cumsum(panels, out=panel_offsets[1:])
-    np.cumsum(rows, out=row_offsets[1:])
-    k = topk_ids.shape[1]
-    return Routing(
-        starts=starts,
-        tokens=(slot_order // k).astype(np.int64),
-        weights=np.ascontiguousarray(topk_weights.reshape(-1)[slot_order], dtype=np.float32),
-        panel_offsets=panel_offsets,
-        row_offsets=row_offsets,
-        gemv_experts=np.flatnonzero(rows).astype(np.int64),
-        tile_experts=np.flatnonzero(panels).astype(np.int64),
-    )
-
-
-@jit
-def largest_groups(panel_offsets, row_offsets):
-    """The most panels and the most GEMV rows any one expert has (at least 1: scratch sizes)."""
-    max_panels, max_rows = 1, 1
-    for e in range(panel_offsets.size - 1):
-        max_panels = max(max_panels, panel_offsets[e + 1] - panel_offsets[e])
-        max_rows = max(max_rows, row_offsets[e + 1] - row_offsets[e])
-    return max_panels, max_rows
 
 
 @jit
@@ -174,9 +116,10 @@ def expert_matrices(addresses, e, rows, cols):
 
 
 @jit
-def _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs):
-    """A GEMV work item of phase 1: virtual rows [v0, v1) of the GEMV experts' gate and up matrices laid end
-    to end (expert by expert, gate then up), so an item reads one or two long runs of weights."""
+def _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs, gu_done):
+    """Phase 1 GEMV work: virtual rows [v0, v1) of the GEMV experts' gate and up matrices laid end to end
+    (expert by expert, gate then up), so a run reads one or two long stretches of weights. Each expert's
+    finished rows are counted in gu_done[position in gemv_experts]."""
     v = v0
     while v < v1:
         matrix = v // inter  # 2 * position in gemv_experts + (0: gate, 1: up)
@@ -186,13 +129,14 @@ def _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu
         codes, scales = expert_matrices(gate if matrix % 2 == 0 else up, e, inter, hidden)
         rows = x_rows[row_offsets[e] : row_offsets[e + 1]]
         gemv_rows(codes, scales, rows, r0, r1, xs, gu_rows[row_offsets[e] : row_offsets[e + 1], matrix % 2, r0:r1])
+        mark_done(gu_done, matrix // 2, r1 - r0)
         v += r1 - r0
 
 
 @jit
 def _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r_begin, r_end,
                    tile, g_tile, u_tile):
-    """A GEMM work item of phase 1: rows [r_begin, r_end) of h for every tiled expert."""
+    """A phase 1 GEMM item: rows [r_begin, r_end) of h for every tiled expert."""
     for e in tile_experts:
         gate_q, gate_s = expert_matrices(gate, e, inter, hidden)
         up_q, up_s = expert_matrices(up, e, inter, hidden)
@@ -213,35 +157,10 @@ def _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panel
                         dst[lane] = silu_mul(g[lane], u[lane])
 
 
-@parallel_jit
-def _gate_up(gate, up, inter, hidden, row_offsets, panel_offsets, gemv_experts, tile_experts, x_rows, x_panels,
-             gu_rows, h_panels, num_gemv_items, num_tile_items, num_workers):
-    """Phase 1: GEMV items (gate and up products into gu_rows) and GEMM items (h straight into h_panels), all
-    handed out by one shared counter (`cpu_sched`). gate, up: int64 [E, 2] codes/scales addresses."""
-    max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
-    num_virtual = gemv_experts.size * 2 * inter
-    counter = np.zeros(1, np.int64)
-    for _ in prange(num_workers):
-        xs = np.empty((max_rows, hidden), np.float32)
-        tile = np.empty((GEMM_ROWS, min(K_CHUNK, hidden)), np.float32)
-        g_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
-        u_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
-        item = next_item(counter)
-        while item < num_gemv_items + num_tile_items:
-            if item < num_gemv_items:
-                v0, v1 = item_bounds(item, num_gemv_items, num_virtual)
-                _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs)
-            else:
-                r0, r1 = item_bounds(item - num_gemv_items, num_tile_items, inter)
-                _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r0, r1,
-                               tile, g_tile, u_tile)
-            item = next_item(counter)
-
-
 @jit
-def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, xs):
-    """A GEMV work item of phase 2: virtual rows [v0, v1) of the GEMV experts' down matrices end to end. Each
-    expert's h = silu(gate) * up is formed here, in scratch (a separate pass would be one more barrier)."""
+def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, xs, gu_done):
+    """Phase 2 GEMV work: virtual rows [v0, v1) of the GEMV experts' down matrices end to end. Each expert's
+    h = silu(gate) * up is formed here, in scratch, once its gate and up rows are all done."""
     v = v0
     while v < v1:
         g = v // hidden
@@ -250,6 +169,7 @@ def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, 
         e = gemv_experts[g]
         codes, scales = expert_matrices(down, e, hidden, inter)
         count = row_offsets[e + 1] - row_offsets[e]
+        wait_done(gu_done, g, 2 * inter)
         for t in range(count):
             gate = gu_rows[row_offsets[e] + t, 0]
             up = gu_rows[row_offsets[e] + t, 1]
@@ -262,8 +182,8 @@ def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, 
 @jit
 def _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels, r_begin, r_end,
                 tile, y_tile, out):
-    """A GEMM work item of phase 2: out[:, r_begin:r_end] += w * down h for every tiled expert (the item owns
-    these output columns among the GEMM items, so no synchronization)."""
+    """A phase 2 GEMM item: out[:, r_begin:r_end] += w * down h for every tiled expert (the item owns these
+    output columns among the GEMM items, so no synchronization)."""
     for e in tile_experts:
         s0, s1 = starts[e], starts[e + 1]
         down_q, down_s = expert_matrices(down, e, hidden, inter)
@@ -283,27 +203,47 @@ def _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, til
 
 
 @parallel_jit
-def _down(down, inter, hidden, starts, tokens, weights, row_offsets, panel_offsets, gemv_experts, tile_experts,
-          gu_rows, h_panels, y_rows, num_gemv_items, num_tile_items, num_workers, out):
-    """Phase 2: GEMV items (down products into y_rows) and GEMM items (weighted, straight into out)."""
+def _experts_ffn(gate, up, down, inter, hidden, starts, tokens, weights, row_offsets, panel_offsets, gemv_experts,
+                 tile_experts, x_rows, x_panels, gu_rows, h_panels, y_rows, num_tile_items, num_workers, out):
+    """Both phases in one parallel region, no barrier between them. Each thread takes, in this order: guided
+    runs of the GEMV experts' gate/up rows (into gu_rows), GEMM items of phase 1 (h straight into h_panels),
+    guided runs of the GEMV experts' down rows (into y_rows; each waits only for its own expert's gate/up
+    rows), GEMM items of phase 2 (weighted, straight into out; they wait for all phase 1 GEMM items).
+    gate, up, down: int64 [E, 2] codes/scales addresses."""
     max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
-    num_virtual = gemv_experts.size * hidden
-    counter = np.zeros(1, np.int64)
+    num_gate_up = gemv_experts.size * 2 * inter
+    num_down = gemv_experts.size * hidden
+    cursors = np.zeros(4, np.int64)  # gate/up rows, phase 1 GEMM items, down rows, phase 2 GEMM items
+    gu_done = np.zeros(gemv_experts.size + 1, np.int64)  # gate/up rows done per GEMV expert; last: GEMM items
     for _ in prange(num_workers):
+        xs = np.empty((max_rows, max(hidden, inter)), np.float32)
         h = np.empty((max_rows, inter), np.float32)
-        xs = np.empty((max_rows, inter), np.float32)
-        tile = np.empty((GEMM_ROWS, min(K_CHUNK, inter)), np.float32)
-        y_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
-        item = next_item(counter)
-        while item < num_gemv_items + num_tile_items:
-            if item < num_gemv_items:
-                v0, v1 = item_bounds(item, num_gemv_items, num_virtual)
-                _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, xs)
-            else:
-                r0, r1 = item_bounds(item - num_gemv_items, num_tile_items, hidden)
-                _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels,
-                            r0, r1, tile, y_tile, out)
-            item = next_item(counter)
+        tile = np.empty((GEMM_ROWS, min(K_CHUNK, max(hidden, inter))), np.float32)
+        g_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
+        u_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
+        v0, v1 = claim_rows(cursors, 0, num_gate_up, num_workers, min_run_rows(hidden))
+        while v0 < v1:
+            _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs, gu_done)
+            v0, v1 = claim_rows(cursors, 0, num_gate_up, num_workers, min_run_rows(hidden))
+        item = fetch_add(cursors, 1, 1)
+        while item < num_tile_items:
+            r0, r1 = item_bounds(item, num_tile_items, inter)
+            _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r0, r1,
+                           tile, g_tile, u_tile)
+            mark_done(gu_done, gemv_experts.size, 1)
+            item = fetch_add(cursors, 1, 1)
+        v0, v1 = claim_rows(cursors, 2, num_down, num_workers, min_run_rows(inter))
+        while v0 < v1:
+            _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, xs, gu_done)
+            v0, v1 = claim_rows(cursors, 2, num_down, num_workers, min_run_rows(inter))
+        item = fetch_add(cursors, 3, 1)
+        if item < num_tile_items:
+            wait_done(gu_done, gemv_experts.size, num_tile_items)
+        while item < num_tile_items:
+            r0, r1 = item_bounds(item, num_tile_items, hidden)
+            _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels,
+                        r0, r1, tile, g_tile, out)
+            item = fetch_add(cursors, 3, 1)
 
 
 @jit
@@ -390,14 +330,12 @@ def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, e
     gu_rows = ws.get("gu_rows", (num_rows, 2, inter))
     y_rows = ws.get("y_rows", (num_rows, hidden))
     workers = numba.get_num_threads()  # this thread's Numba thread count (set by the caller)
-    gemv_items = ITEMS_PER_THREAD * workers if r.gemv_experts.size else 0
     tile_items = ITEMS_PER_THREAD * workers if r.tile_experts.size else 0
     pack = _pack_parallel if num_panels * LANES + num_rows > PARALLEL_PACK_ROWS else _pack_serial
     pack(x, r.starts, r.tokens, r.panel_offsets, r.row_offsets, x_panels, x_rows)
-    _gate_up(gate, up, inter, hidden, r.row_offsets, r.panel_offsets, r.gemv_experts, r.tile_experts, x_rows,
-             x_panels, gu_rows, h_panels, gemv_items, tile_items, workers)
-    _down(down, inter, hidden, r.starts, r.tokens, r.weights, r.row_offsets, r.panel_offsets, r.gemv_experts,
-          r.tile_experts, gu_rows, h_panels, y_rows, gemv_items, tile_items, workers, out)
+    _experts_ffn(gate, up, down, inter, hidden, r.starts, r.tokens, r.weights, r.row_offsets, r.panel_offsets,
+                 r.gemv_experts, r.tile_experts, x_rows, x_panels, gu_rows, h_panels, y_rows, tile_items, workers,
+                 out)
     _add_gemv_outputs(r.starts, r.tokens, r.weights, r.row_offsets, r.gemv_experts, y_rows, out)
     return out
 
