@@ -5,11 +5,11 @@ that every figure sees the same machine load; each figure is the best round:
 
 * read bandwidth: the memory probe's kernel (`bandwidth.sum_words`, a Numba streaming sum) over a buffer far
   larger than the caches, allocated and touched once (re-allocating it every round costs page faults and
-  disturbs the other measurements);
+  disturbs the other measurements), right after an untimed streaming pass over a small buffer of its own;
 * decode: one token through 8 experts of Kimi-K2's shapes (gate/up [2048, 7168], down [7168, 2048]) with
   `moe_forward`, the experts in slots of one buffer as the RAM expert cache holds them, rotating over
-  several distinct copies so that no weight byte comes from a cache; reported as fp8 weight bytes per second
-  (= weights per second). Torch's side: the same experts
+  several distinct copies so that no weight byte comes from a cache, each pass after one untimed call (see
+  `per_set`); reported as fp8 weight bytes per second (= weights per second). Torch's side: the same experts
   already dequantized to bf16, `F.linear` per matrix (what a user would run), in weights per second;
 * prefill: 16, 64 and 256 tokens through one expert (`moe_forward`, the decode-once GEMM path) against torch
   fp32 matmuls on the same expert dequantized to float32, in GFLOP/s (2 * tokens * 3 * I * H per pass).
@@ -44,6 +44,9 @@ class BenchSizes:
     bandwidth_bytes: int = 2 << 30  # the probe's buffer
     rotation_bytes: int = 1 << 30  # decode rotates over at least this many bytes of distinct expert copies
     rounds: int = 5
+
+
+WARM_UP_BYTES = 64 << 20  # streamed (untimed, a buffer of its own) just before each bandwidth probe
 
 
 FULL = BenchSizes()
@@ -142,12 +145,23 @@ def _decode_figures(sizes: BenchSizes, base: list[ExpertWeights], rng: np.random
         return torch_experts(x_bf16, experts, routing_weights[0].tolist())
 
     words = np.ones(sizes.bandwidth_bytes // 8, np.uint64)
+    warm_words = np.ones(WARM_UP_BYTES // 8, np.uint64)  # a separate buffer: warms the machine, not the caches
     ours(ours_sets[0]), theirs(torch_sets[0]), sum_words(words[:1024])  # compile / warm up
+
+    def per_set(fn, sets):
+        """Seconds per set over one pass. An untimed call on the last set goes first: the first call after a
+        different workload runs 20-40% slower here (measured; the cores and memory come up to speed in a few
+        calls), and a decode step runs its layers back to back. That set is read again only after all the
+        others, so nothing it left in a cache is reused."""
+        fn(sets[-1])
+        return sum(seconds(lambda: fn(s)) for s in sets) / len(sets)
+
     bandwidth, ours_s, theirs_s = [], [], []
     for _ in range(sizes.rounds):  # a round touches every copy once: no weight byte comes from a cache
+        sum_words(warm_words)
         bandwidth.append(words.nbytes / seconds(lambda: sum_words(words)))
-        ours_s.append(sum(seconds(lambda: ours(s)) for s in ours_sets) / num_sets)
-        theirs_s.append(sum(seconds(lambda: theirs(s)) for s in torch_sets) / num_sets)
+        ours_s.append(per_set(ours, ours_sets))
+        theirs_s.append(per_set(theirs, torch_sets))
     read_bw, decode_bps, torch_wps = max(bandwidth), set_bytes / min(ours_s), num_weights / min(theirs_s)
     return {
         "read_bandwidth_gbps": read_bw / 1e9,
