@@ -38,25 +38,50 @@ def round_up(n: int, multiple: int) -> int:
 
 
 @jit
+def decode_row(codes, scales, r, k0, k_end, out, j):
+    """out[j, k - k0] = W[r, k] for k0 <= k < k_end. (Indices, not row views: this runs per row and K chunk,
+    overhead counts.)"""
+    k = k0
+    while k < k_end:
+        block = k // BLOCK
+        stop = min(k_end, (block + 1) * BLOCK)
+        s = scales[r // BLOCK, block] * np.float32(HALF_BIAS_SHIFT)
+        main = (stop - k) // DOT_STEP * DOT_STEP
+        e4m3_decode(codes, r, k, main, s, out, j, k - k0)
+        for i in range(k + main, stop):
+            out[j, i - k0] = half_to_float(e4m3_half_bits(codes[r, i])) * s
+        k = stop
+
+
+@jit
 def decode_tile(codes, scales, r0, r1, k0, klen, tile):
     """tile[j, i] = W[r0 + j, k0 + i] for i < klen (k0 + klen <= K) and j < r1 - r0 rounded up to TILE_ROWS,
-    zero for the rows past r1. (Indices, not row views: this runs per row and K chunk, overhead counts.)"""
-    k_end = k0 + klen
+    zero for the rows past r1."""
     for j in range((r1 - r0 + TILE_ROWS - 1) // TILE_ROWS * TILE_ROWS):
-        r = r0 + j
-        if r >= r1:
+        if r0 + j >= r1:
             tile[j, :klen] = 0.0
-            continue
-        k = k0
-        while k < k_end:
-            block = k // BLOCK
-            stop = min(k_end, (block + 1) * BLOCK)
-            s = scales[r // BLOCK, block] * np.float32(HALF_BIAS_SHIFT)
-            main = (stop - k) // DOT_STEP * DOT_STEP
-            e4m3_decode(codes, r, k, main, s, tile, j, k - k0)
-            for i in range(k + main, stop):
-                tile[j, i - k0] = half_to_float(e4m3_half_bits(codes[r, i])) * s
-            k = stop
+        else:
+            decode_row(codes, scales, r0 + j, k0, k0 + klen, tile, j)
+
+
+@parallel_jit
+def _dequantize_rows(codes, scales, r0, r1, out):
+    for r in prange(r0, r1):
+        decode_row(codes, scales, r, 0, codes.shape[1], out, r - r0)
+
+
+def dequantize_rows(codes: np.ndarray, scales: np.ndarray, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+    """out[:r1 - r0] = W[r0:r1] as float32, in parallel (for a float32 matmul library at large T: see
+    `cpu_linear`). `out`: float32 C-order [>= r1 - r0, K]; returns that slice. Checked like the kernels."""
+    codes, scales = check_fp8_weight("weight", codes, scales)
+    if not 0 <= r0 <= r1 <= codes.shape[0]:
+        raise ValueError(f"rows [{r0}, {r1}) out of range for a weight with {codes.shape[0]} rows")
+    if (out.dtype != np.float32 or out.ndim != 2 or not out.flags.c_contiguous or out.shape[0] < r1 - r0
+            or out.shape[1] != codes.shape[1]):
+        raise ValueError(f"out must be float32 C-order [>= {r1 - r0}, {codes.shape[1]}], got {out.dtype} "
+                         f"{list(out.shape)}")
+    _dequantize_rows(codes, scales, r0, r1, out)
+    return out[: r1 - r0]
 
 
 @jit

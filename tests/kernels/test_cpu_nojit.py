@@ -35,6 +35,9 @@ def check_small_cases() -> None:
         assert_close(cpu_gemv.fp8_gemv(codes, scales, x), cpu_gemv.fp8_gemv_reference(codes, scales, x), cols)
         xs = rng.standard_normal((5, cols)).astype(np.float32)
         assert_close(cpu_gemm.fp8_gemm(codes, scales, xs), cpu_gemm.fp8_gemm_reference(codes, scales, xs), cols)
+        out = np.empty((rows, cols), np.float32)
+        assert np.array_equal(cpu_gemm.dequantize_rows(codes, scales, 0, rows, out), E4M3_TABLE[codes] * np.repeat(
+            np.repeat(scales, 128, axis=0), 128, axis=1)[:rows, :cols])
     expert_ids = np.array([4, 9, 2])
     experts = [random_expert(rng, 40, 36) for _ in expert_ids]
     for num_tokens, skew in [(1, 0.0), (cpu_moe.GEMV_MAX_TOKENS + 4, 1.0)]:  # GEMV path only; both paths
