@@ -78,8 +78,18 @@ def fp8_linear(ckpt: Checkpoint, prefix: str, dtype: torch.dtype, device: torch.
     return Fp8Linear(torch.from_numpy(codes.copy()).to(device), torch.from_numpy(scales.copy()).to(device))
 
 
+def cpu_fp8_linear(ckpt: Checkpoint, prefix: str, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Keeps the checkpoint's fp8 codes and scales in RAM (1 byte per weight, a quarter of float32) and computes
+    with the CPU's Numba block-fp8 kernels (GEMV for decode, decode-once GEMM for prefill), in x's dtype."""
+    from kimi_local.kernels.cpu_linear import CpuFp8Linear
+
+    return CpuFp8Linear(*ckpt.fp8_weight(prefix))
+
+
 def linear_for(device: torch.device) -> LinearFactory:
-    return fp8_linear if device.type == "cuda" else dequantized_linear
+    """Resident linears stay block-fp8 on every device: the Triton kernels on CUDA, the Numba kernels on the
+    CPU (faster there than float32 weights for decode, which reads every resident weight once per token)."""
+    return fp8_linear if device.type == "cuda" else cpu_fp8_linear
 
 
 class MLP(nn.Module):
@@ -344,7 +354,7 @@ class KimiModel(nn.Module):
                         linear: LinearFactory | None = None, overlap_experts: bool = True,
                         progress: Callable[[int], None] | None = None) -> "KimiModel":
         """Builds the resident part of the model from `ckpt` (routed experts stay with `experts`), on one device
-        or as `placement` says. Linear layers: block-fp8 kernels on CUDA, dequantized weights on the CPU, unless
+        or as `placement` says. Linear layers: block-fp8 kernels on CUDA and on the CPU (`linear_for`), unless
         `linear` overrides the choice."""
         c = ckpt.config
         placement = placement or Placement.uniform(c.num_hidden_layers, device, dtype)
