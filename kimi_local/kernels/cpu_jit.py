@@ -17,10 +17,18 @@ machine code keeps the old loops. A reinstall rewrites every file and invalidate
 from __future__ import annotations
 
 import functools
+import os
 
 import numba
 
 FASTMATH = frozenset({"reassoc", "contract", "nsz"})
+
+# Parallel kernels run from two threads at once (the routed experts on a worker thread, the resident fp8 linears
+# on the caller's). The OpenMP and TBB layers allow that; Numba's last-resort 'workqueue' layer aborts the
+# process on concurrent use, so it is ruled out here (a clear error at the first parallel call instead) unless
+# the user chose a layer with NUMBA_THREADING_LAYER.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "threadsafe"
 
 jit = functools.partial(numba.njit, cache=True, nogil=True, fastmath=set(FASTMATH))
 parallel_jit = functools.partial(numba.njit, cache=True, nogil=True, parallel=True, fastmath=set(FASTMATH))
