@@ -3,10 +3,9 @@
 The loader asks `model/placement.py` to fill the GPU budget in order of per-token use; this module runs the same
 planner and prices both sides, so sizing and `info` agree with what loading does:
 
-- on the GPU a layer keeps its linears block-fp8 (codes + scales), kv_b_proj dequantized, norms in the compute
-  dtype, the router in float32, plus its slice of the KV cache (`placement.layer_gpu_bytes`);
-- on the CPU every linear is dequantized to the compute dtype once at load (model/deepseek.py), the router stays
-  float32, and the layer's KV slice lives there too;
+- a layer keeps its linears block-fp8 (codes + scales) on either side (Triton kernels on the GPU, Numba kernels
+  on the CPU), kv_b_proj dequantized, norms in the compute dtype, the router in float32, plus its slice of the
+  KV cache (`placement.layer_gpu_bytes`, which prices a layer the same wherever it sits);
 - embeddings and lm_head are `vocab x hidden` tables in the compute dtype on whichever side the planner put them.
 
 Per decoded token every resident weight is read once except the embedding table (one row), and each layer's KV
@@ -15,28 +14,14 @@ slice is read for every context token.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from kimi_local.model.config import ModelConfig
-from kimi_local.model.layout import is_ignored, layer_tensors
 from kimi_local.model.placement import Placement, layer_gpu_bytes, plan_placement
 
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ROUTER_BYTES = 4
-
-
-def layer_cpu_bytes(config: ModelConfig, layer_idx: int, dtype_bytes: int) -> int:
-    """One resident layer on the CPU: weights dequantized to the compute dtype, router float32, no scales."""
-    total = 0
-    for spec in layer_tensors(config, layer_idx, include_experts=False):
-        if is_ignored(spec.name) or spec.name.endswith("weight_scale_inv"):
-            continue
-        n = math.prod(spec.shape)
-        total += n * (ROUTER_BYTES if ".mlp.gate." in spec.name else dtype_bytes)
-    return total
 
 
 @dataclass(frozen=True)
@@ -73,7 +58,7 @@ def resident_split(config: ModelConfig, device: str, dtype: str, gpu_budget_byte
     sides = {"gpu": [0, 0, 0, 0], "cpu": [0, 0, 0, 0]}  # weights, kv, read per token, kv per token
     for i, dev in enumerate(placement.layer_devices):
         side = "gpu" if dev.type == "cuda" else "cpu"
-        weights = layer_gpu_bytes(config, i, torch_dtype, 0) if side == "gpu" else layer_cpu_bytes(config, i, size)
+        weights = layer_gpu_bytes(config, i, torch_dtype, 0)
         s = sides[side]
         s[0] += weights
         s[1] += kv_tokens * kv_per_layer

@@ -12,7 +12,7 @@ from kimi_local.model.deepseek import KimiModel
 from kimi_local.model.experts import TorchReferenceExperts
 from kimi_local.model.placement import layer_gpu_bytes, plan_placement
 from kimi_local.model.presets import PRESETS
-from kimi_local.residency import layer_cpu_bytes, resident_split
+from kimi_local.residency import resident_split
 
 torch.set_num_threads(1)
 
@@ -57,7 +57,7 @@ def test_short_budget_spills_the_last_layers_to_the_cpu():
     split = resident_split(config, "cuda", "bfloat16", first_two + 1, kv_tokens=kv)
     assert split.num_gpu_layers == 2
     table = config.vocab_size * config.hidden_size * 2
-    spilled = sum(layer_cpu_bytes(config, i, 2) for i in range(2, config.num_hidden_layers))
+    spilled = sum(layer_gpu_bytes(config, i, torch.bfloat16, 0) for i in range(2, config.num_hidden_layers))
     assert split.cpu_weight_bytes == spilled + 2 * table + config.hidden_size * 2  # both tables stay on the CPU
     per_layer_kv = kv * (config.kv_lora_rank + config.qk_rope_head_dim) * 2
     assert split.cpu_kv_bytes == (config.num_hidden_layers - 2) * per_layer_kv

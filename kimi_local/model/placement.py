@@ -3,8 +3,8 @@
 With a GPU, the budget is filled in order of use per token: the transformer layers from the first (attention,
 shared expert, dense MLP, router, each layer's KV cache), then lm_head, then the embedding table (a gather, the
 cheapest part to leave on the CPU). Layers that do not fit stay on the CPU; the hidden state moves between devices
-at the boundary. On the GPU linear weights stay block-fp8 (1 byte per weight plus scales) and run the Triton
-kernels; on the CPU they are dequantized to the compute dtype once at load.
+at the boundary. Linear weights stay block-fp8 (1 byte per weight plus scales) on either side: Triton kernels on
+the GPU, the Numba kernels on the CPU, so a layer takes the same bytes wherever it sits.
 """
 
 from __future__ import annotations
