@@ -75,7 +75,7 @@ class ContextModel:
         params.validate()
         self.p = params
         self.num_layers, self.num_experts = num_layers, num_experts
-        self.num_keys = num_keys = num_layers * num_experts
+        self.num_keys = num_layers * num_experts
         self.uniform_rate = min(1.0, params.top_k / num_experts)
         self._log_boost = math.log(params.recent_boost)
         self._clear()

@@ -206,13 +206,11 @@ class Engine:
     def _assign_slot(self, request: Request) -> None:
         """The free slot holding the longest prefix of the prompt; among equals one holding less (keeping longer
         contexts for a later turn), then the most recently freed."""
-        best = max(range(len(self._free_slots)), key=lambda i: (
-            self._reusable(request.prompt_ids, self._slot_tokens[self._free_slots[i]]),
-            -len(self._slot_tokens[self._free_slots[i]]), i))
-        slot = self._free_slots.pop(best)
-        request.slot = slot
-        self._skip_prefix(request, self._reusable(request.prompt_ids, self._slot_tokens[slot]))
-        self._slot_tokens[slot] = []
+        reuse, _, best = max((self._reusable(request.prompt_ids, self._slot_tokens[slot]),
+                              -len(self._slot_tokens[slot]), i) for i, slot in enumerate(self._free_slots))
+        request.slot = self._free_slots.pop(best)
+        self._slot_tokens[request.slot] = []
+        self._skip_prefix(request, reuse)
 
     def _copy_prefix_from_running(self, request: Request) -> None:
         """Before prefilling, take rows that another running request already holds (its slot stays its own)."""

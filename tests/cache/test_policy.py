@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kimi_local.cache.context_model import ContextModel, ContextParams
+from kimi_local.cache.context_model import ContextParams
 from kimi_local.cache.kimi_policy import ContextPolicy, KimiPolicy
 from kimi_local.cache.policy import LFUPolicy, LRUPolicy, PolicyError, expert_key, split_key
 from kimi_local.cache.simulate import access_stream, simulate, simulate_opt

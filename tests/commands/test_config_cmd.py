@@ -13,7 +13,7 @@ from kimi_local.commands.config_cmd import render_toml, toml_value
 from kimi_local.config import SPECS, Config, build_config
 from kimi_local.footprint import footprint
 from kimi_local.model.config import ModelConfig
-from kimi_local.model.presets import KIMI_K2_CONFIG, PRESETS
+from kimi_local.model.presets import KIMI_K2_CONFIG
 from kimi_local.settings import read_config_file, resolve_settings
 from kimi_local.sizing import GiB, GpuInfo
 

@@ -39,7 +39,6 @@ def test_profile_save_that_fails_keeps_the_previous_version(tmp_path, monkeypatc
     path = tmp_path / "profile.npz"
     profile_version(1).save(path)
     if where == "write":
-        real_savez = np.savez
 
         def half_then_full(f, **arrays):
             f.write(b"PK\x03\x04 half an archive")
