@@ -3,7 +3,8 @@
 It wraps any kernel backend that takes an `ExpertSource` (`NumbaExperts`, `TorchReferenceExperts`): per layer
 step it leases the step's experts from the store, lets the kernel read them from their RAM slots, and releases
 them. Around that it
-- feeds the store's routing profile (tokens and router weight per expert);
+- feeds the store's routing profile (tokens and router weight per expert; held back until the forward pass
+  succeeds when the engine asks, `routing_deferred`);
 - forwards the model's prefetch hint to the store;
 - splits the step when it needs more experts than the RAM budget holds at once (a long prefill chunk on a
   small budget): the experts go in groups that fit, each token row masked to the experts of the group;
@@ -47,6 +48,10 @@ class CachedExperts:
 
     def prefetch(self, layer_idx: int, expert_ids: torch.Tensor) -> None:
         self.store.prefetch(layer_idx, expert_ids)
+
+    def routing_deferred(self, defer: Callable[..., None]):
+        """The engine holds a pass's routing records until it succeeds: the profile's too (`store.py`)."""
+        return self.store.routing_deferred(defer)
 
     def __call__(self, layer_idx: int, x: torch.Tensor, topk_ids: torch.Tensor,
                  topk_weights: torch.Tensor) -> torch.Tensor:

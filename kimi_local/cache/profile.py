@@ -3,9 +3,9 @@
 A profile holds, per (layer, expert), the token-weighted usage with exponential decay (half-life
 `half_life_tokens`, long: it describes the workload, not the current sentence) and the matching decayed sum of
 router weights, so `router_mass / usage` is the expert's mean routing weight. The store updates one per layer
-step (a vector op over the layer's experts), saves it atomically (temp file + os.replace, so a crash never
-leaves half a profile) and, on the next start, seeds its eviction policy with it and reads the most used
-experts ahead.
+step (a vector op over the layer's experts; under an engine once the step's forward pass has succeeded, so a
+failed and retried pass counts once), saves it atomically (temp file + os.replace, so a crash never leaves
+half a profile) and, on the next start, seeds its eviction policy with it and reads the most used experts ahead.
 
 File: `.npz` with `usage` and `router_mass` float64 [num_layers, num_experts], `tokens` (tokens seen),
 `half_life_tokens`, and `model` (a fingerprint of config.json: a profile of another model is refused).

@@ -1,9 +1,10 @@
 """`TraceRecorder`: a routing hook that records what a generation routed, in the trace format of `traces.py`.
 
 Attach it to a model (`model.routing_hooks.append(recorder)`); the model calls it once per MoE layer per
-forward step with the step's chosen ids `[N, k]` and the prefetcher's guess for that layer (or None). A step
-is complete when the last MoE layer has reported; its N tokens are then appended to the current sequence.
-The caller says what the tokens are: `phase` (PREFILL while the prompt runs, DECODE after the first generated
+forward step with the step's chosen ids `[N, k]` and the prefetcher's guess for that layer (or None); under an
+engine only once the step has succeeded (`engine/pass_records.py`), so a failed and retried step is recorded
+once. A step is complete when the last MoE layer has reported; its N tokens are then appended to the current
+sequence. The caller says what the tokens are: `phase` (PREFILL while the prompt runs, DECODE after the first generated
 token) and `new_sequence()` between prompts. One sequence at a time: batched decoding mixes sequences in a
 step, so record with a batch of one.
 """

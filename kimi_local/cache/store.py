@@ -33,7 +33,7 @@ from concurrent.futures import CancelledError, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -119,6 +119,7 @@ class ExpertStore:
         first_moe = c.moe_layer_ids[0] if c.moe_layer_ids else 0
         self.profile = RoutingProfile(self.num_layers, self.num_experts, model=model_fingerprint(c),
                                       first_layer=first_moe)
+        self._profile_defer: Callable[..., None] | None = None  # see routing_deferred
         self.gpu_tier = None
         if gpu_budget_bytes > 0:
             from kimi_local.cache.gpu_tier import GpuTier
@@ -288,11 +289,37 @@ class ExpertStore:
 
     def record_routing(self, layer_idx: int, expert_ids: np.ndarray, token_counts: np.ndarray,
                        router_mass: np.ndarray, num_tokens: int) -> None:
-        """A layer step over `num_tokens` tokens begins (the backend calls this before the step's lookups): feed
-        the routing profile, and tell the policy (its clock, and where a new prompt starts a new context)."""
+        """A layer step over `num_tokens` tokens begins (the backend calls this before the step's lookups): tell
+        the policy (its clock, and where a new prompt starts a new context), and feed the routing profile, now
+        or, inside `routing_deferred`, once the pass succeeds."""
+        with self._lock:
+            self.policy.begin_step(layer_idx, num_tokens)
+            defer = self._profile_defer
+            if defer is None:
+                self.profile.record(layer_idx, expert_ids, token_counts, router_mass, num_tokens)
+        if defer is not None:
+            defer(self._record_profile, layer_idx, expert_ids, token_counts, router_mass, num_tokens)
+
+    @contextmanager
+    def routing_deferred(self, defer: Callable[..., None]) -> Iterator[None]:
+        """While open, the profile's updates are handed to `defer(update, *args)` instead of being applied: the
+        engine holds a forward pass's updates and applies them (`update(*args)`) only if the pass succeeds, so a
+        failed pass that is retried is counted once (`engine/pass_records.py`). The policy still hears of every
+        step at once: the failed pass's lookups and reads did happen."""
+        with self._lock:
+            if self._profile_defer is not None:
+                raise StoreError("routing_deferred: the profile's updates are already deferred")
+            self._profile_defer = defer
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._profile_defer = None
+
+    def _record_profile(self, layer_idx: int, expert_ids: np.ndarray, token_counts: np.ndarray,
+                        router_mass: np.ndarray, num_tokens: int) -> None:
         with self._lock:
             self.profile.record(layer_idx, expert_ids, token_counts, router_mass, num_tokens)
-            self.policy.begin_step(layer_idx, num_tokens)
 
     def save_profile(self) -> None:
         if self.profile_path is None:

@@ -11,6 +11,11 @@ tokens a slot already holds (the next turn of a chat resends the whole conversat
 times) skips them: it takes the free slot holding the longest common prefix, or copies the rows from a running
 request that holds one, and prefills only the rest (always at least its last token, whose logits it needs).
 
+Failures. A forward pass that raises (an expert that cannot be read) is retried: a prefill chunk once, a decode
+batch request by request, so a fault fails only the requests that still meet it. The routing a pass reports
+(statistics, trace, the store's profile) is held back until the pass succeeds (`pass_records.py`), so work done
+twice is recorded once.
+
 `step()` does one forward pass and returns what it produced. It is not thread-safe by itself; `add_request` and
 `abort` are, so a server thread can run `step()` in a loop while other threads submit and cancel.
 `generate()` is the synchronous single-request stream used by the CLI.
@@ -28,6 +33,7 @@ from typing import Iterator
 
 import torch
 
+from kimi_local.engine.pass_records import PassRecords
 from kimi_local.engine.sampling import SamplingParams, TokenLogprobs, make_generator, sample
 from kimi_local.model.deepseek import Batch, KimiModel, KVCache
 
@@ -106,6 +112,7 @@ class Engine:
         # stand-in models in tests have none.
         make_runner = getattr(model, "decode_runner", None)
         self._decode_runner = make_runner(self.cache) if make_runner is not None else None
+        self._records = PassRecords(model)  # routing records of a pass count only once the pass succeeds
         self.stats = EngineStats()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -247,7 +254,8 @@ class Engine:
                 logits = self._prefill_forward(prefilling)
             except Exception as first:
                 # Once more, as a failed decode batch is retried request by request: a transient fault (an I/O
-                # error reading an expert) costs one chunk. A chunk's pass only writes its own KV rows.
+                # error reading an expert) costs one chunk. A chunk's pass only writes its own KV rows, and its
+                # routing records are dropped with it (`_records`), so the retry is counted once.
                 log.warning("prefill of request %d failed (%s); retrying the chunk once", prefilling.request_id,
                             first)
                 try:
@@ -299,7 +307,8 @@ class Engine:
             is_prefill=True,
         )
         t0 = time.perf_counter()
-        logits = self.model(batch, self.cache, logits_rows=torch.tensor([n - 1], device=device))
+        with self._records.held():
+            logits = self.model(batch, self.cache, logits_rows=torch.tensor([n - 1], device=device))
         self.stats.prefill_seconds += time.perf_counter() - t0
         self.stats.prompt_tokens += n
         request.num_prefilled += n
@@ -314,10 +323,11 @@ class Engine:
             is_prefill=False,
         )
         t0 = time.perf_counter()
-        if self._decode_runner is not None:
-            logits = self._decode_runner(batch)
-        else:
-            logits = self.model(batch, self.cache)
+        with self._records.held():
+            if self._decode_runner is not None:
+                logits = self._decode_runner(batch)
+            else:
+                logits = self.model(batch, self.cache)
         self.stats.decode_seconds += time.perf_counter() - t0
         self.stats.decode_steps += 1
         return logits

@@ -1,10 +1,12 @@
 """Which experts the router is choosing right now: per-layer usage counts with exponential decay, and entropy.
 
 `RoutingStats` is a routing hook (see `KimiModel.routing_hooks`): the model calls it once per MoE layer per
-forward step with the chosen expert ids `[N, k]` of that step's N tokens. Each layer keeps one count per expert;
-before a step's tokens are added, the old counts are multiplied by `decay ** N`, with `decay = 0.5 ** (1 /
-half_life_tokens)`. So the counts are a sliding, token-weighted window: an expert used `half_life_tokens` tokens
-ago weighs half as much as one used now, whether those tokens came in one prefill chunk or in many decode steps.
+forward step with the chosen expert ids `[N, k]` of that step's N tokens (under an engine, once the step has
+succeeded: `pass_records.py`, so a failed and retried step counts once). Each layer keeps one count per
+expert; before a step's tokens are added, the old counts are multiplied by `decay ** N`, with
+`decay = 0.5 ** (1 / half_life_tokens)`. So the counts are a sliding, token-weighted window: an expert used
+`half_life_tokens` tokens ago weighs half as much as one used now, whether those tokens came in one prefill chunk
+or in many decode steps.
 
 The normalised counts of a layer are its current *load* (the share of routed slots each expert got; shares sum
 to 1). Its Shannon entropy, in bits, says how spread the routing is: log2(E) when every expert is used equally,
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from kimi_local.engine.pass_records import remove_routing_hook
 
 
 def entropy_bits(counts: np.ndarray) -> np.ndarray:
@@ -99,8 +103,9 @@ class RoutingStats:
         return stats
 
     def detach(self, model) -> None:
-        """Remove this observer from `model.routing_hooks` (no-op if it is not registered)."""
-        model.routing_hooks[:] = [h for h in model.routing_hooks if h is not self]
+        """Remove this observer from `model.routing_hooks`, also while an engine pass holds the hooks back
+        (no-op if it is not registered)."""
+        remove_routing_hook(model, self)
 
     # -- the hook (engine thread) --------------------------------------------------------------------
     def __call__(self, layer_idx: int, ids: torch.Tensor, predicted: torch.Tensor | None = None) -> None:

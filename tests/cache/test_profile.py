@@ -3,7 +3,7 @@ import pytest
 
 from kimi_local.cache.profile import ProfileError, RoutingProfile, default_profile_path, model_fingerprint
 from kimi_local.cache.reader import expert_slot_bytes
-from kimi_local.cache.store import ExpertStore
+from kimi_local.cache.store import ExpertStore, StoreError
 from kimi_local.model.checkpoint import Checkpoint
 
 
@@ -64,6 +64,26 @@ def test_store_saves_profile_and_warm_starts(ckpt, tmp_path):
         store.reset_profile()
         assert not path.exists() and store.policy.model.longrun_count(1 * 16 + 4) == 0
         assert store.profile.usage.sum() == 0
+
+
+def test_store_defers_profile_updates_while_asked(ckpt):
+    """Inside `routing_deferred` (an engine pass) the profile's updates wait for the pass to succeed; the
+    policy's clock moves at once (the lookups and reads happen either way)."""
+    with ExpertStore(ckpt, 2 * expert_slot_bytes(ckpt), num_io_threads=1) as store:
+        held = []
+        with store.routing_deferred(lambda update, *args: held.append((update, args))):
+            store.record_routing(1, np.array([4, 9]), np.array([2.0, 1.0]), np.array([0.5, 0.25]), 2)
+            with pytest.raises(StoreError, match="already deferred"):
+                with store.routing_deferred(lambda update, *args: None):
+                    pass
+        assert store.profile.usage.sum() == 0 and store.profile.tokens == 0 and len(held) == 1
+        assert store.policy.model.now == 2
+        for update, args in held:  # the pass succeeded
+            update(*args)
+        assert store.profile.usage[1, [4, 9]].tolist() == [2.0, 1.0] and store.profile.tokens == 2
+        assert store.profile.router_mass[1, 4] == 0.5
+        store.record_routing(1, np.array([4]), np.array([1.0]), np.array([0.5]), 1)  # no longer deferred
+        assert store.profile.tokens == 3
 
 
 def test_store_ignores_a_profile_of_another_model(ckpt, tmp_path, caplog):
