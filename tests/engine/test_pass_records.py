@@ -212,7 +212,8 @@ def run_engine(ckpt, prompts, fault_when, inject, max_batch=1, prefill_chunk=3, 
         if recorder is not None:
             model.routing_hooks.append(recorder)
         engine = Engine(model, 64, max_batch, prefill_chunk=prefill_chunk)
-        requests = [engine.add_request(p, SamplingParams(temperature=0, max_new_tokens=max_new_tokens)) for p in prompts]
+        greedy = SamplingParams(temperature=0, max_new_tokens=max_new_tokens)
+        requests = [engine.add_request(p, greedy) for p in prompts]
         armed = False
         while engine.has_work():
             if not armed and fault_when(engine):
