@@ -103,8 +103,20 @@ class ToolUseBlock(_Response):
 
 
 class Usage(_Response):
+    """Anthropic splits the prompt three ways, adding up to all of it: `cache_read_input_tokens` were reused
+    (here: KV rows a slot still held from an earlier request with the same prefix), `cache_creation_input_tokens`
+    were written to a cache for later requests (always 0: nothing is cached on request), `input_tokens` the rest,
+    computed for this request."""
+
     input_tokens: int
     output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+    @classmethod
+    def of(cls, prompt_tokens: int, cached_tokens: int, output_tokens: int) -> "Usage":
+        return cls(input_tokens=prompt_tokens - cached_tokens, output_tokens=output_tokens,
+                   cache_creation_input_tokens=0, cache_read_input_tokens=cached_tokens)
 
 
 class Message(_Response):

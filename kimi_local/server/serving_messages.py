@@ -12,8 +12,14 @@ scale, default 1) is multiplied by 0.6, so a client's default lands on Kimi's re
 
 Streaming sends Anthropic's event sequence: message_start, ping, then per content block content_block_start,
 its deltas (text_delta, or input_json_delta with argument fragments as they are generated) and
-content_block_stop, then message_delta (stop reason, output tokens) and message_stop. A ping is also sent
+content_block_stop, then message_delta (stop reason, usage) and message_stop. A ping is also sent
 whenever nothing happened for PING_SECONDS (queued, long prefill). Errors after the start are an `error` event.
+
+Usage follows Anthropic's split of the prompt (`Usage`): prompt tokens whose KV rows a slot still held (an
+earlier turn of the same conversation) are `cache_read_input_tokens`, the rest `input_tokens`. How many is known
+only once the engine has scheduled the request, after message_start: message_start counts the whole prompt as
+`input_tokens` (0 read), and message_delta carries the final counts (Anthropic's delta usage is cumulative: it
+replaces message_start's, as the `anthropic` client's stream accumulator does).
 """
 
 from __future__ import annotations
@@ -106,7 +112,7 @@ class _Run:
         self.id = new_id("msg_")
 
     def _usage(self) -> Usage:
-        return Usage(input_tokens=len(self.prompt.prompt_ids), output_tokens=self.text.num_tokens)
+        return Usage.of(len(self.prompt.prompt_ids), self.text.cached_prompt_tokens, self.text.num_tokens)
 
     def _items(self, event: ChoiceEvent):
         items = self.reply.feed(event.text)
@@ -134,7 +140,7 @@ class _Run:
 
     async def stream(self, streams):
         start = Message(id=self.id, model=self.state.model_name, content=[],
-                        usage=Usage(input_tokens=len(self.prompt.prompt_ids), output_tokens=0))
+                        usage=Usage.of(len(self.prompt.prompt_ids), 0, 0))  # reuse not decided yet
         yield sse({"type": "message_start", "message": start.to_dict()}, "message_start")
         yield sse({"type": "ping"}, "ping")
         blocks = _Blocks()
@@ -154,8 +160,8 @@ class _Run:
                     for frame in blocks.close():
                         yield frame
                     delta = {"stop_reason": stop_reason(event, self.reply), "stop_sequence": event.stop_string}
-                    yield sse({"type": "message_delta", "delta": delta,
-                               "usage": {"output_tokens": self.text.num_tokens}}, "message_delta")
+                    yield sse({"type": "message_delta", "delta": delta, "usage": self._usage().to_dict()},
+                              "message_delta")
                     yield sse({"type": "message_stop"}, "message_stop")
 
 

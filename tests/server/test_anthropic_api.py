@@ -112,6 +112,50 @@ def test_count_tokens_matches_the_prompt(scripted, scripted_server):
     assert count.input_tokens == len(expected)
 
 
+def next_turn(first: list[dict], reply: str, question: str) -> list[dict]:
+    return [*first, {"role": "assistant", "content": reply}, {"role": "user", "content": question}]
+
+
+def prompt_size(client, messages) -> int:
+    return client.messages.count_tokens(model="k", messages=messages).input_tokens
+
+
+def test_a_second_turn_reports_the_reused_prompt_tokens(scripted):
+    """The next turn resends the conversation; the KV rows of the first turn's prompt are still in a slot, and
+    Anthropic's usage splits the prompt: cache_read_input_tokens (reused) + input_tokens (computed) = all of it."""
+    first = [{"role": "user", "content": "Remember the number seven."}]
+    m1 = scripted.messages.create(model="k", max_tokens=100, messages=first)
+    second = next_turn(first, m1.content[0].text, "Which number was it?")
+    m2 = scripted.messages.create(model="k", max_tokens=100, messages=second)
+    for m, messages in ((m1, first), (m2, second)):
+        assert m.usage.cache_creation_input_tokens == 0
+        assert m.usage.input_tokens + m.usage.cache_read_input_tokens == prompt_size(scripted, messages)
+    assert m2.usage.cache_read_input_tokens >= prompt_size(scripted, first)  # at least the whole first prompt
+    assert m2.usage.input_tokens >= 1  # the new turn's tokens (at least the last one) are computed
+
+
+def test_streamed_usage_reports_the_reused_prompt_tokens(scripted, scripted_server):
+    """message_start counts the whole prompt as input (reuse is decided after it is sent); message_delta carries
+    the split, which the client's accumulated message takes over."""
+    first = [{"role": "user", "content": "Remember the colour green."}]
+    with scripted.messages.stream(model="k", max_tokens=100, messages=first) as stream:
+        reply = stream.get_final_message().content[0].text
+    second = next_turn(first, reply, "Which colour was it?")
+    total = prompt_size(scripted, second)
+    body = {"model": "k", "max_tokens": 100, "messages": second, "stream": True}
+    with httpx.stream("POST", scripted_server.url + "/v1/messages", json=body) as response:
+        events = dict(sse_events(response))
+    assert events["message_start"]["message"]["usage"] == {
+        "input_tokens": total, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    usage = events["message_delta"]["usage"]
+    assert usage["cache_read_input_tokens"] >= prompt_size(scripted, first)
+    assert usage["cache_creation_input_tokens"] == 0
+    assert usage["input_tokens"] + usage["cache_read_input_tokens"] == total and usage["output_tokens"] > 0
+    with scripted.messages.stream(model="k", max_tokens=100, messages=second) as stream:  # the same prompt again
+        final = stream.get_final_message()
+    assert final.usage.cache_read_input_tokens == total - 1 and final.usage.input_tokens == 1
+
+
 def test_same_engine_as_the_openai_api(real, real_server):
     """Greedy decoding gives the same text through both APIs (temperature 0 stays 0 after scaling)."""
     # This SDK version has no sampling arguments; older clients (and Claude Code) send them in the body.
@@ -120,7 +164,7 @@ def test_same_engine_as_the_openai_api(real, real_server):
     r = oa.chat.completions.create(model="k", messages=HELLO, max_tokens=8, temperature=0)
     text = "".join(b.text for b in m.content if b.type == "text")
     assert text == r.choices[0].message.content
-    assert m.usage.input_tokens == r.usage.prompt_tokens
+    assert m.usage.input_tokens + m.usage.cache_read_input_tokens == r.usage.prompt_tokens
 
 
 @pytest.mark.parametrize("body, needle", [
