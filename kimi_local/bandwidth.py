@@ -3,8 +3,9 @@
 Decoding a MoE token is a streaming read of the active experts' weights, so the read bandwidth of whatever holds
 them bounds the decode speed (`footprint.estimate_decode`). The probes are short and honest:
 
-- memory: a Numba `prange` sum over a buffer several times larger than any CPU cache, written first (an untouched
-  buffer maps the shared zero page and reads impossibly fast); best of the passes that fit in ~0.5 s. Its pure
+- memory: a Numba `prange` sum over a buffer several times larger than any CPU cache, allocated like the RAM
+  expert cache (huge pages where allowed, `hugepages`) and written first (an untouched buffer maps the shared
+  zero page and reads impossibly fast); best of the passes that fit in ~0.5 s. Its pure
   reference is `sum_words_reference` (numpy), and the two must agree to the bit.
 - disk: sequential 16 MiB reads of the biggest checkpoint shard with O_DIRECT, so the page cache is bypassed;
   where O_DIRECT is refused (tmpfs, some overlay filesystems) the file's cached pages are dropped with
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numba
 import numpy as np
+
+from kimi_local.hugepages import anonymous_buffer
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +76,19 @@ def sum_words_reference(words: np.ndarray) -> int:
     return int(words.sum(dtype=np.uint64))
 
 
+def ones_buffer(nbytes: int) -> np.ndarray:
+    """uint64 ones over `nbytes` of memory allocated as the RAM expert cache's is (`hugepages`), every page
+    written (an untouched page maps the shared zero page and reads impossibly fast)."""
+    _, raw = anonymous_buffer(max(8, nbytes // 8 * 8), populate=False)
+    words = raw.view(np.uint64)  # (the view keeps the mapping alive)
+    words.fill(1)
+    return words
+
+
 def measure_memory_bandwidth(seconds: float = 0.5, nbytes: int = MEMORY_PROBE_BYTES,
                              threads: int | None = None) -> Bandwidth:
     """Best streaming-read rate of `nbytes` from RAM over the passes that fit in about `seconds`."""
-    words = np.empty(max(1, nbytes // 8), dtype=np.uint64)
-    words.fill(1)  # touch every page so the reads hit real memory
+    words = ones_buffer(nbytes)
     previous = numba.get_num_threads()
     if threads:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))

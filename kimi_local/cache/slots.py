@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mmap
 
-import numpy as np
+from kimi_local.hugepages import anonymous_buffer
 
 
 class SlotArena:
@@ -19,17 +19,10 @@ class SlotArena:
             raise ValueError(f"need num_slots >= 1 and a page-multiple slot size, got {num_slots} x {slot_bytes}")
         self.num_slots = num_slots
         self.slot_bytes = slot_bytes
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-        if populate and hasattr(mmap, "MAP_POPULATE"):
-            flags |= mmap.MAP_POPULATE  # fault every page in now rather than during the first reads
-        self._mmap = mmap.mmap(-1, num_slots * slot_bytes, flags=flags)
-        if hasattr(self._mmap, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
-            try:
-                self._mmap.madvise(mmap.MADV_HUGEPAGE)  # fewer TLB misses for the kernels' weight streams
-            except OSError:
-                pass
+        # Huge pages where allowed (the kernels' weight streams then miss the TLB far less); with `populate`,
+        # every page is faulted in now rather than during the first reads.
+        self._mmap, self.array = anonymous_buffer(num_slots * slot_bytes, populate)
         self.memory = memoryview(self._mmap)
-        self.array = np.frombuffer(self._mmap, dtype=np.uint8)  # the same bytes, for numpy views
         self._free = list(range(num_slots - 1, -1, -1))  # pop() hands out slot 0 first
 
     @property

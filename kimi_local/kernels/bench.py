@@ -4,8 +4,9 @@ Measured side by side in one run, in interleaved rounds (each round: the bandwid
 that every figure sees the same machine load; each figure is the best round:
 
 * read bandwidth: the memory probe's kernel (`bandwidth.sum_words`, a Numba streaming sum) over a buffer far
-  larger than the caches, allocated and touched once (re-allocating it every round costs page faults and
-  disturbs the other measurements), right after an untimed streaming pass over a small buffer of its own;
+  larger than the caches, allocated as the RAM expert cache's memory is (huge pages where allowed, like the
+  experts' copies below) and touched once (re-allocating it every round costs page faults and disturbs the
+  other measurements), right after an untimed streaming pass over a small buffer of its own;
 * decode: one token through 8 experts of Kimi-K2's shapes (gate/up [2048, 7168], down [7168, 2048]) with
   `moe_forward`, the experts in slots of one buffer as the RAM expert cache holds them, rotating over
   several distinct copies so that no weight byte comes from a cache, each pass after one untimed call (see
@@ -28,7 +29,8 @@ import numba
 import numpy as np
 import torch
 
-from kimi_local.bandwidth import sum_words
+from kimi_local.bandwidth import ones_buffer, sum_words
+from kimi_local.hugepages import anonymous_buffer
 from kimi_local.kernels.cpu_experts import usable_threads
 from kimi_local.kernels.cpu_moe import Workspace, moe_forward
 from kimi_local.model.experts import ExpertWeights
@@ -63,11 +65,11 @@ def random_expert(sizes: BenchSizes, rng: np.random.Generator) -> ExpertWeights:
 
 
 def in_slots(experts: list[ExpertWeights]) -> list[ExpertWeights]:
-    """Copies of `experts` laid out the way the engine holds them: one buffer cut into page-aligned slots, an
-    expert's six arrays back to back in its slot (the RAM expert cache's arena, `cache/slots.py`)."""
+    """Copies of `experts` laid out the way the engine holds them: one buffer (allocated as the RAM expert
+    cache's arena is, `cache/slots.py`) cut into page-aligned slots, an expert's six arrays back to back."""
     arrays = [(w.gate_q, w.gate_s, w.up_q, w.up_s, w.down_q, w.down_s) for w in experts]
     slot_bytes = -(-sum(-(-a.nbytes // 64) * 64 for a in arrays[0]) // 4096) * 4096
-    arena = np.empty(slot_bytes * len(experts), np.uint8)
+    _, arena = anonymous_buffer(slot_bytes * len(experts))
     placed = []
     for i, group in enumerate(arrays):
         offset, views = i * slot_bytes, []
@@ -144,8 +146,8 @@ def _decode_figures(sizes: BenchSizes, base: list[ExpertWeights], rng: np.random
     def theirs(experts):
         return torch_experts(x_bf16, experts, routing_weights[0].tolist())
 
-    words = np.ones(sizes.bandwidth_bytes // 8, np.uint64)
-    warm_words = np.ones(WARM_UP_BYTES // 8, np.uint64)  # a separate buffer: warms the machine, not the caches
+    words = ones_buffer(sizes.bandwidth_bytes)
+    warm_words = ones_buffer(WARM_UP_BYTES)  # a separate buffer: warms the machine, not the caches
     ours(ours_sets[0]), theirs(torch_sets[0]), sum_words(words[:1024])  # compile / warm up
 
     def per_set(fn, sets):
