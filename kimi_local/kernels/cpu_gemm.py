@@ -22,9 +22,8 @@ from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
-from kimi_local.kernels.cpu_simd import (
-    DOT_STEP, HALF_BIAS_SHIFT, LANES, TILE_ROWS, e4m3_decode, e4m3_half_bits, f32_tile, half_to_float,
-)
+from kimi_local.kernels.cpu_decode import HALF_BIAS_SHIFT, e4m3_half_bits, half_to_float
+from kimi_local.kernels.cpu_simd import DOT_STEP, LANES, TILE_ROWS, e4m3_decode, f32_tile
 from kimi_local.model.fp8 import BLOCK, dequantize
 
 # A block of GEMM_ROWS weight rows x K_CHUNK columns is decoded at a time: 192 x 128 float32 = 96 KiB, in L2

@@ -2,12 +2,13 @@
 
     W[n, k] = e4m3(Wq[n, k]) * S[n // 128, k // 128]
 
-The block scale moves onto the activation. Rows inside one 128-row scale block share a scale row, so for a
-run of such rows the kernel builds `xs[k] = x[k] * S[rb, k // 128] * 256` once (K multiplies, the 256 undoes
-the half-precision decode's 2^-8, see `cpu_simd`) and every row becomes a plain dot product of its decoded
-codes with `xs`: `e4m3_dot_2xT` takes two rows per pass, decodes in registers (once for up to 4 tokens) and
-prefetches ahead. The weight bytes are read once, in address order, and never written anywhere. The last
-`K % DOT_STEP` columns of each row go through the scalar form of the same decode.
+The block scale moves onto the activation: rows inside one 128-row scale block share a scale row, so each row
+is a dot product of its decoded codes with `xs[k] = x[k] * S[rb, k // 128] * 256` (the 256 undoes the
+decode's 2^-8, see `cpu_decode`). `e4m3_dot_2xT` takes two rows per pass, decodes in registers (once for up to
+4 tokens) and prefetches ahead; for one token it forms xs in registers, step by step, from `x * 256` and the
+scale row, for several it reads xs built once per row block. The weight bytes are read once, in address order,
+and never written anywhere. The last `K % DOT_STEP` columns of each row go through the scalar form of the same
+decode.
 
 Work is handed out to the threads in guided runs of rows (`cpu_sched.claim_rows`): long first, short last.
 """
@@ -20,10 +21,11 @@ from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
+from kimi_local.kernels.cpu_decode import HALF_BIAS_SHIFT, e4m3_half_bits, half_to_float
 from kimi_local.kernels.cpu_sched import claim_rows, min_run_rows
 from kimi_local.kernels.cpu_simd import (
-    DOT_STEP, DOT_TOKENS, HALF_BIAS_SHIFT, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3, e4m3_dot_2x4,
-    e4m3_half_bits, half_to_float, prefetch_head,
+    DOT_STEP, DOT_TOKENS, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3, e4m3_dot_2x4, one_token_input,
+    prefetch_head,
 )
 from kimi_local.model.fp8 import BLOCK, dequantize
 
@@ -51,6 +53,16 @@ def e4m3_dot_tail(codes, row, xs, xs_row, start):
 
 
 @jit
+def e4m3_dot_tail_scaled(codes, row, x, start, scale_row):
+    """Columns `start:` of row `row`'s dot product with the unscaled x, each column's block scale applied."""
+    acc = np.float32(0.0)
+    for k in range(start, codes.shape[1]):
+        s = scale_row[k // BLOCK] * np.float32(HALF_BIAS_SHIFT)
+        acc += half_to_float(e4m3_half_bits(codes[row, k])) * (x[k] * s)
+    return acc
+
+
+@jit
 def store_pair(y, sums, t0, num_tokens, col):
     """A row pair's sums (row-major, `num_tokens` per row) into y[t0 + t, col] and y[t0 + t, col + 1]."""
     for t in range(num_tokens):
@@ -63,41 +75,53 @@ def gemv_rows(codes, scales, x, r0, r1, xs, y):
     """y[t, r - r0] = sum_k W[r, k] * x[t, k] for rows r0 <= r < r1 and each of the few tokens t < x.shape[0].
 
     Rows go two at a time; each code is decoded once for up to DOT_TOKENS tokens (more tokens take more
-    passes over the same two rows, which are then in L1). xs: float32 scratch [>= tokens, >= K]; y: float32
-    [>= tokens, >= r1 - r0]."""
+    passes over the same two rows, which are then in L1). A token left alone in its pass (the only one, in
+    decode) takes the one-token dots, which apply the block scales themselves: its xs row is prepared once per
+    call, and nothing but dot products runs between the weight reads. The others' xs rows are scaled per
+    128-row block. xs: float32 scratch [>= tokens, >= K]; y: float32 [>= tokens, >= r1 - r0]."""
     num_tokens = x.shape[0]
     num_cols = codes.shape[1]
     main = num_cols - num_cols % DOT_STEP
+    lone = num_tokens % DOT_TOKENS == 1  # the last token goes alone
+    several = num_tokens - 1 if lone else num_tokens  # the tokens in passes of 2..DOT_TOKENS
+    last = num_tokens - 1
     prefetch_head(codes, r0, r1 - r0)
+    if lone:
+        one_token_input(x[last], xs[last], main, HALF_BIAS_SHIFT)
     r = r0
     while r < r1:
         block = r // BLOCK
         run_end = min(r1, (block + 1) * BLOCK)
-        for t in range(num_tokens):
+        for t in range(several):
             scale_activation(x[t], scales[block], xs[t])
         while r + 2 <= run_end:
             col = r - r0
             t = 0
-            while t < num_tokens:
-                n = min(DOT_TOKENS, num_tokens - t)
-                if n == 1:
-                    store_pair(y, e4m3_dot_2x1(codes, r, xs, t, main, r1), t, 1, col)
-                elif n == 2:
+            while t < several:
+                n = min(DOT_TOKENS, several - t)
+                if n == 2:
                     store_pair(y, e4m3_dot_2x2(codes, r, xs, t, main, r1), t, 2, col)
                 elif n == 3:
                     store_pair(y, e4m3_dot_2x3(codes, r, xs, t, main, r1), t, 3, col)
                 else:
                     store_pair(y, e4m3_dot_2x4(codes, r, xs, t, main, r1), t, 4, col)
                 t += n
+            if lone:
+                store_pair(y, e4m3_dot_2x1(codes, r, xs, last, main, r1, scales, block), last, 1, col)
             if main < num_cols:
-                for t in range(num_tokens):
+                for t in range(several):
                     y[t, col] += e4m3_dot_tail(codes, r, xs, t, main)
                     y[t, col + 1] += e4m3_dot_tail(codes, r + 1, xs, t, main)
+                if lone:
+                    y[last, col] += e4m3_dot_tail_scaled(codes, r, x[last], main, scales[block])
+                    y[last, col + 1] += e4m3_dot_tail_scaled(codes, r + 1, x[last], main, scales[block])
             r += 2
-        if r < run_end:
-            for t in range(num_tokens):
-                (a,) = e4m3_dot_1x1(codes, r, xs, t, main, r1)
-                y[t, r - r0] = a + e4m3_dot_tail(codes, r, xs, t, main)
+        if r < run_end:  # the last row of a matrix with an odd number of rows
+            for t in range(several):  # (no one-row pass of several tokens: the scalar form)
+                y[t, r - r0] = e4m3_dot_tail(codes, r, xs, t, 0)
+            if lone:
+                (a,) = e4m3_dot_1x1(codes, r, xs, last, main, r1, scales, block)
+                y[last, r - r0] = a + e4m3_dot_tail_scaled(codes, r, x[last], main, scales[block])
             r += 1
 
 

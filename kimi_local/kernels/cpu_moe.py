@@ -27,11 +27,14 @@ work starts on phase 2 at once, and a down run waits only until its own expert's
 (counted per expert), which, with the experts in order, has long happened except at the very end. With a
 barrier, every layer paid for the slower thread's last phase 1 item (measured 0.1-0.5 ms of 15 here).
 The short passes around the region (packing a decode step's inputs, adding the GEMV outputs) run on the
-calling thread, since waking the others (and waiting for one that lost its core) would cost more than they do.
+calling thread, since waking the others (and waiting for one that lost its core) would cost more than they do;
+they and the region are one compiled call (`_moe_layer`), and the wrapper around it does as little
+interpreted work as it can (`cpu_workspace` says why that matters).
 
 Results do not depend on the thread count or item boundaries (each output is summed in a fixed order).
-Expert weights reach the kernels as a table of addresses (`cpu_views`), checked and kept alive by the
-wrapper; scratch buffers live in a `Workspace` the caller may keep between calls.
+Expert weights reach the kernels as a table of addresses (`cpu_views`), checked once per expert object and
+kept alive by the wrapper; scratch buffers and the checked addresses live in a `Workspace` (`cpu_workspace`)
+the caller keeps between calls.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from kimi_local.kernels.cpu_checks import check_activations, check_fp8_arrays
+from kimi_local.kernels.cpu_checks import check_activations
 from kimi_local.kernels.cpu_gemm import GEMM_ROWS, K_CHUNK, gemm_rows
 from kimi_local.kernels.cpu_gemv import gemv_rows
 from kimi_local.kernels.cpu_jit import jit, parallel_jit
@@ -53,7 +56,8 @@ from kimi_local.kernels.cpu_sched import (
     ITEMS_PER_THREAD, claim_rows, fetch_add, item_bounds, mark_done, min_run_rows, wait_done,
 )
 from kimi_local.kernels.cpu_simd import LANES, TILE_ROWS
-from kimi_local.kernels.cpu_views import address_of, f32_matrix_at, u8_matrix_at
+from kimi_local.kernels.cpu_views import f32_matrix_at, u8_matrix_at
+from kimi_local.kernels.cpu_workspace import Workspace
 from kimi_local.model.experts import ExpertWeights
 from kimi_local.model.fp8 import BLOCK, dequantize
 
@@ -108,15 +112,16 @@ def _pack_serial(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows
 
 
 @jit
-def expert_matrices(addresses, e, rows, cols):
-    """Expert e's codes and scales for one matrix [rows, cols] from its two addresses (gate, up or down)."""
-    codes = u8_matrix_at(addresses[e, 0], rows, cols)
-    scales = f32_matrix_at(addresses[e, 1], (rows + BLOCK - 1) // BLOCK, (cols + BLOCK - 1) // BLOCK)
+def expert_matrices(table, e, m, rows, cols):
+    """Expert e's codes and scales for matrix m (0: gate, 1: up, 2: down) [rows, cols], from its addresses in
+    `table` (int64 [E, 6]: codes, scales of gate, up, down; `cpu_workspace`)."""
+    codes = u8_matrix_at(table[e, 2 * m], rows, cols)
+    scales = f32_matrix_at(table[e, 2 * m + 1], (rows + BLOCK - 1) // BLOCK, (cols + BLOCK - 1) // BLOCK)
     return codes, scales
 
 
 @jit
-def _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs, gu_done):
+def _gate_up_gemv(table, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs, gu_done):
     """Phase 1 GEMV work: virtual rows [v0, v1) of the GEMV experts' gate and up matrices laid end to end
     (expert by expert, gate then up), so a run reads one or two long stretches of weights. Each expert's
     finished rows are counted in gu_done[position in gemv_experts]."""
@@ -126,7 +131,7 @@ def _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu
         r0 = v - matrix * inter
         r1 = min(inter, r0 + v1 - v)
         e = gemv_experts[matrix // 2]
-        codes, scales = expert_matrices(gate if matrix % 2 == 0 else up, e, inter, hidden)
+        codes, scales = expert_matrices(table, e, matrix % 2, inter, hidden)
         rows = x_rows[row_offsets[e] : row_offsets[e + 1]]
         gemv_rows(codes, scales, rows, r0, r1, xs, gu_rows[row_offsets[e] : row_offsets[e + 1], matrix % 2, r0:r1])
         mark_done(gu_done, matrix // 2, r1 - r0)
@@ -134,12 +139,12 @@ def _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu
 
 
 @jit
-def _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r_begin, r_end,
+def _gate_up_tiles(table, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r_begin, r_end,
                    tile, g_tile, u_tile):
     """A phase 1 GEMM item: rows [r_begin, r_end) of h for every tiled expert."""
     for e in tile_experts:
-        gate_q, gate_s = expert_matrices(gate, e, inter, hidden)
-        up_q, up_s = expert_matrices(up, e, inter, hidden)
+        gate_q, gate_s = expert_matrices(table, e, 0, inter, hidden)
+        up_q, up_s = expert_matrices(table, e, 1, inter, hidden)
         p0, p1 = panel_offsets[e], panel_offsets[e + 1]
         xp = x_panels[p0:p1]
         hp = h_panels[p0:p1]
@@ -158,35 +163,38 @@ def _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panel
 
 
 @jit
-def _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, xs, gu_done):
+def _down_gemv(table, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, h_of, xs, gu_done):
     """Phase 2 GEMV work: virtual rows [v0, v1) of the GEMV experts' down matrices end to end. Each expert's
-    h = silu(gate) * up is formed here, in scratch, once its gate and up rows are all done."""
+    h = silu(gate) * up is formed here, in this thread's scratch, once its gate and up rows are all done, and
+    kept for the thread's next runs of the same expert (h_of[0]: whose h it holds)."""
     v = v0
     while v < v1:
         g = v // hidden
         r0 = v - g * hidden
         r1 = min(hidden, r0 + v1 - v)
         e = gemv_experts[g]
-        codes, scales = expert_matrices(down, e, hidden, inter)
+        codes, scales = expert_matrices(table, e, 2, hidden, inter)
         count = row_offsets[e + 1] - row_offsets[e]
-        wait_done(gu_done, g, 2 * inter)
-        for t in range(count):
-            gate = gu_rows[row_offsets[e] + t, 0]
-            up = gu_rows[row_offsets[e] + t, 1]
-            for i in range(inter):
-                h[t, i] = silu_mul(gate[i], up[i])
+        if h_of[0] != e:
+            wait_done(gu_done, g, 2 * inter)
+            for t in range(count):
+                gate = gu_rows[row_offsets[e] + t, 0]
+                up = gu_rows[row_offsets[e] + t, 1]
+                for i in range(inter):
+                    h[t, i] = silu_mul(gate[i], up[i])
+            h_of[0] = e
         gemv_rows(codes, scales, h[:count], r0, r1, xs, y_rows[row_offsets[e] : row_offsets[e + 1], r0:r1])
         v += r1 - r0
 
 
 @jit
-def _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels, r_begin, r_end,
+def _down_tiles(table, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels, r_begin, r_end,
                 tile, y_tile, out):
     """A phase 2 GEMM item: out[:, r_begin:r_end] += w * down h for every tiled expert (the item owns these
     output columns among the GEMM items, so no synchronization)."""
     for e in tile_experts:
         s0, s1 = starts[e], starts[e + 1]
-        down_q, down_s = expert_matrices(down, e, hidden, inter)
+        down_q, down_s = expert_matrices(table, e, 2, hidden, inter)
         p0, p1 = panel_offsets[e], panel_offsets[e + 1]
         hp = h_panels[p0:p1]
         step = gemm_block_rows(r_end - r_begin)
@@ -203,13 +211,13 @@ def _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, til
 
 
 @parallel_jit
-def _experts_ffn(gate, up, down, inter, hidden, starts, tokens, weights, row_offsets, panel_offsets, gemv_experts,
+def _experts_ffn(table, inter, hidden, starts, tokens, weights, row_offsets, panel_offsets, gemv_experts,
                  tile_experts, x_rows, x_panels, gu_rows, h_panels, y_rows, num_tile_items, num_workers, out):
     """Both phases in one parallel region, no barrier between them. Each thread takes, in this order: guided
     runs of the GEMV experts' gate/up rows (into gu_rows), GEMM items of phase 1 (h straight into h_panels),
     guided runs of the GEMV experts' down rows (into y_rows; each waits only for its own expert's gate/up
     rows), GEMM items of phase 2 (weighted, straight into out; they wait for all phase 1 GEMM items).
-    gate, up, down: int64 [E, 2] codes/scales addresses."""
+    table: int64 [E, 6] codes/scales addresses of gate, up, down."""
     max_panels, max_rows = largest_groups(panel_offsets, row_offsets)
     num_gate_up = gemv_experts.size * 2 * inter
     num_down = gemv_experts.size * hidden
@@ -218,32 +226,50 @@ def _experts_ffn(gate, up, down, inter, hidden, starts, tokens, weights, row_off
     for _ in prange(num_workers):
         xs = np.empty((max_rows, max(hidden, inter)), np.float32)
         h = np.empty((max_rows, inter), np.float32)
+        h_of = np.full(1, -1, np.int64)  # the expert whose h this thread's `h` holds
         tile = np.empty((GEMM_ROWS, min(K_CHUNK, max(hidden, inter))), np.float32)
         g_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
         u_tile = np.empty((max_panels, GEMM_ROWS, LANES), np.float32)
         v0, v1 = claim_rows(cursors, 0, num_gate_up, num_workers, min_run_rows(hidden))
         while v0 < v1:
-            _gate_up_gemv(gate, up, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs, gu_done)
+            _gate_up_gemv(table, inter, hidden, row_offsets, gemv_experts, x_rows, gu_rows, v0, v1, xs, gu_done)
             v0, v1 = claim_rows(cursors, 0, num_gate_up, num_workers, min_run_rows(hidden))
         item = fetch_add(cursors, 1, 1)
         while item < num_tile_items:
             r0, r1 = item_bounds(item, num_tile_items, inter)
-            _gate_up_tiles(gate, up, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r0, r1,
+            _gate_up_tiles(table, inter, hidden, panel_offsets, tile_experts, x_panels, h_panels, r0, r1,
                            tile, g_tile, u_tile)
             mark_done(gu_done, gemv_experts.size, 1)
             item = fetch_add(cursors, 1, 1)
         v0, v1 = claim_rows(cursors, 2, num_down, num_workers, min_run_rows(inter))
         while v0 < v1:
-            _down_gemv(down, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, xs, gu_done)
+            _down_gemv(table, inter, hidden, row_offsets, gemv_experts, gu_rows, y_rows, v0, v1, h, h_of, xs,
+                       gu_done)
             v0, v1 = claim_rows(cursors, 2, num_down, num_workers, min_run_rows(inter))
         item = fetch_add(cursors, 3, 1)
         if item < num_tile_items:
             wait_done(gu_done, gemv_experts.size, num_tile_items)
         while item < num_tile_items:
             r0, r1 = item_bounds(item, num_tile_items, hidden)
-            _down_tiles(down, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels,
+            _down_tiles(table, inter, hidden, starts, tokens, weights, panel_offsets, tile_experts, h_panels,
                         r0, r1, tile, g_tile, out)
             item = fetch_add(cursors, 3, 1)
+
+
+@jit
+def _moe_layer(table, inter, hidden, x, starts, tokens, weights, row_offsets, panel_offsets, gemv_experts,
+               tile_experts, x_rows, x_panels, gu_rows, h_panels, y_rows, workers, out):
+    """Phases 0-3 in one compiled call: the wrapper's interpreted work per layer is what stalls a decode step
+    once the weight stream has pushed the interpreter out of the CPU caches (each Python-level call then costs
+    tens of microseconds)."""
+    if (panel_offsets[-1] * LANES + row_offsets[-1]) > PARALLEL_PACK_ROWS:
+        _pack_parallel(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows)
+    else:
+        _pack_serial(x, starts, tokens, panel_offsets, row_offsets, x_panels, x_rows)
+    tile_items = ITEMS_PER_THREAD * workers if tile_experts.size else 0
+    _experts_ffn(table, inter, hidden, starts, tokens, weights, row_offsets, panel_offsets, gemv_experts,
+                 tile_experts, x_rows, x_panels, gu_rows, h_panels, y_rows, tile_items, workers, out)
+    _add_gemv_outputs(starts, tokens, weights, row_offsets, gemv_experts, y_rows, out)
 
 
 @jit
@@ -260,42 +286,6 @@ def _add_gemv_outputs(starts, tokens, weights, row_offsets, gemv_experts, y_rows
                 dst[c] += w * y[c]
 
 
-def _weight_tables(experts: Sequence[ExpertWeights]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
-    """int64 [E, 2] (codes, scales) address tables for gate, up and down, every array checked against expert
-    #0's shapes; plus the arrays to keep alive (scales copied by the check, if any)."""
-    inter, hidden = experts[0].gate_q.shape
-    tables = np.empty((3, len(experts), 2), np.int64)
-    alive = []
-    for i, w in enumerate(experts):
-        for m, (name, codes, scales, shape) in enumerate((("gate", w.gate_q, w.gate_s, (inter, hidden)),
-                                                          ("up", w.up_q, w.up_s, (inter, hidden)),
-                                                          ("down", w.down_q, w.down_s, (hidden, inter)))):
-            if codes.shape != shape:
-                raise ValueError(f"expert #{i} {name}_q has shape {codes.shape}, expected {shape} (like expert #0)")
-            codes, scales = check_fp8_arrays(f"expert #{i} {name}", codes, scales)
-            tables[m, i] = address_of(codes), address_of(scales)
-            alive.append(scales)
-    return tables[0], tables[1], tables[2], alive
-
-
-class Workspace:
-    """The kernel's scratch buffers, kept between calls: a fresh allocation of a few hundred KiB per layer
-    costs page faults worth ~2% of a decode step (and far more for prefill). One per calling thread."""
-
-    def __init__(self):
-        self._buffers: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
-        size = int(np.prod(shape))
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.size < size:
-            buffer = self._buffers[name] = np.empty(max(size, 1), np.float32)
-        view = buffer[:size].reshape(shape)
-        if zero:
-            view.fill(0.0)
-        return view
-
-
 def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, expert_ids: Sequence[int],
                 experts: Sequence[ExpertWeights], workspace: Workspace | None = None) -> np.ndarray:
     """sum_k topk_weights[t, k] * expert_{topk_ids[t, k]}(x[t]) as float32 [T, H] (a new array).
@@ -307,7 +297,8 @@ def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, e
     if len(experts) == 0 or len(experts) != len(expert_ids):
         raise ValueError(f"need one ExpertWeights per expert id: got {len(experts)} experts for "
                          f"{len(expert_ids)} ids")
-    gate, up, down, alive = _weight_tables(experts)  # `experts` and `alive` outlive the kernel calls
+    ws = workspace or Workspace()
+    table, alive = ws.weight_table(experts)  # `experts` and `alive` outlive the kernel call
     inter, hidden = experts[0].gate_q.shape
     x = check_activations("x", x, hidden, ndim=2)
     topk_ids = np.asarray(topk_ids)
@@ -316,27 +307,14 @@ def moe_forward(x: np.ndarray, topk_ids: np.ndarray, topk_weights: np.ndarray, e
         raise ValueError(f"topk_ids {topk_ids.shape} and topk_weights {topk_weights.shape} must both be "
                          f"[T, k] with T = {x.shape[0]} (the rows of x)")
     ids = np.asarray(expert_ids, dtype=np.int64)
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError("expert_ids must be distinct")
     out = np.zeros((x.shape[0], hidden), np.float32)
     if x.shape[0] == 0:
         return out
-    r = group_routing(topk_ids.astype(np.int64), topk_weights, ids)
-    num_panels, num_rows = int(r.panel_offsets[-1]), int(r.row_offsets[-1])
-    ws = workspace or Workspace()
-    x_panels = ws.get("x_panels", (num_panels, hidden, LANES), zero=True)  # zero lanes past the last token
-    h_panels = ws.get("h_panels", (num_panels, inter, LANES))
-    x_rows = ws.get("x_rows", (num_rows, hidden))
-    gu_rows = ws.get("gu_rows", (num_rows, 2, inter))
-    y_rows = ws.get("y_rows", (num_rows, hidden))
+    r = group_routing(topk_ids, topk_weights, ids)
+    x_panels, h_panels, x_rows, gu_rows, y_rows = ws.scratch(r, hidden, inter)
     workers = numba.get_num_threads()  # this thread's Numba thread count (set by the caller)
-    tile_items = ITEMS_PER_THREAD * workers if r.tile_experts.size else 0
-    pack = _pack_parallel if num_panels * LANES + num_rows > PARALLEL_PACK_ROWS else _pack_serial
-    pack(x, r.starts, r.tokens, r.panel_offsets, r.row_offsets, x_panels, x_rows)
-    _experts_ffn(gate, up, down, inter, hidden, r.starts, r.tokens, r.weights, r.row_offsets, r.panel_offsets,
-                 r.gemv_experts, r.tile_experts, x_rows, x_panels, gu_rows, h_panels, y_rows, tile_items, workers,
-                 out)
-    _add_gemv_outputs(r.starts, r.tokens, r.weights, r.row_offsets, r.gemv_experts, y_rows, out)
+    _moe_layer(table, inter, hidden, x, r.starts, r.tokens, r.weights, r.row_offsets, r.panel_offsets,
+               r.gemv_experts, r.tile_experts, x_rows, x_panels, gu_rows, h_panels, y_rows, workers, out)
     return out
 
 

@@ -3,14 +3,18 @@ experts without tokens, thread counts, and its input checks."""
 
 from __future__ import annotations
 
+from dataclasses import astuple
+
 import numba
 import numpy as np
 import pytest
 
+from kimi_local.kernels import cpu_workspace
 from kimi_local.kernels.cpu_moe import (
     GEMV_MAX_TOKENS, Workspace, group_routing, moe_forward, moe_forward_reference,
 )
 from kimi_local.kernels.cpu_simd import LANES
+from kimi_local.model.experts import ExpertWeights
 from tests.kernels.cpu_cases import random_expert
 from tests.kernels.test_cpu_gemv import assert_close
 
@@ -129,3 +133,22 @@ def test_a_reused_workspace_gives_the_same_results():
         x = rng.standard_normal((num_tokens, 96)).astype(np.float32)
         assert np.array_equal(moe_forward(x, ids, weights, expert_ids, experts, ws),
                               moe_forward(x, ids, weights, expert_ids, experts))
+
+
+def test_a_workspace_checks_each_expert_object_once(monkeypatch):
+    rng = np.random.default_rng(8)
+    experts = [random_expert(rng, 32, 64) for _ in range(3)]
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    ids, weights = np.array([[0, 2], [1, 2]]), np.ones((2, 2), np.float32)
+    checked = []
+    real = cpu_workspace.checked_expert
+    monkeypatch.setattr(cpu_workspace, "checked_expert", lambda i, w: checked.append(w) or real(i, w))
+    ws = Workspace()
+    first = moe_forward(x, ids, weights, [0, 1, 2], experts, ws)
+    assert moe_forward(x, ids, weights, [0, 1, 2], experts, ws).tobytes() == first.tobytes()
+    assert len(checked) == 3  # the second call reused all three
+    copies = [ExpertWeights(*(a.copy() for a in astuple(w))) for w in experts]  # new objects: checked anew
+    assert np.array_equal(moe_forward(x, ids, weights, [0, 1, 2], copies, ws), first) and len(checked) == 6
+    bad = ExpertWeights(*astuple(experts[0])[:5], experts[0].down_s.astype(np.float64))
+    with pytest.raises(TypeError, match="expert #1 down"):
+        moe_forward(x, ids, weights, [0, 1, 2], [experts[0], bad, experts[2]], ws)

@@ -14,25 +14,28 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def check_small_cases() -> None:
+def check_small_cases(compiled: bool = False) -> None:
+    """Every kernel against its reference on small shapes (as plain Python unless `compiled`)."""
     import numba
 
     from kimi_local.kernels import cpu_gemm, cpu_gemv, cpu_moe
-    from kimi_local.kernels.cpu_simd import HALF_BIAS_SHIFT, e4m3_half_bits, half_to_float
+    from kimi_local.kernels.cpu_decode import HALF_BIAS_SHIFT, e4m3_half_bits, half_to_float
     from kimi_local.model.fp8 import E4M3_TABLE
     from tests.kernels.cpu_cases import random_expert, random_fp8
     from tests.kernels.test_cpu_gemv import assert_close
     from tests.kernels.test_cpu_moe import routing
 
-    assert numba.config.DISABLE_JIT and isinstance(cpu_gemv.gemv_rows, types.FunctionType)
+    assert numba.config.DISABLE_JIT != compiled and isinstance(cpu_gemv.gemv_rows, types.FunctionType) != compiled
     for code in range(256):
         if code & 0x7F != 0x7F:
             assert half_to_float(e4m3_half_bits(np.uint8(code))) * np.float32(HALF_BIAS_SHIFT) == E4M3_TABLE[code]
     rng = np.random.default_rng(0)
-    for rows, cols in [(1, 1), (3, 40), (130, 70)]:
+    for rows, cols in [(1, 1), (3, 40), (130, 70)] + ([(257, 300)] if compiled else []):
         codes, scales = random_fp8(rng, (rows, cols))
         x = rng.standard_normal(cols).astype(np.float32)
         assert_close(cpu_gemv.fp8_gemv(codes, scales, x), cpu_gemv.fp8_gemv_reference(codes, scales, x), cols)
+        x3 = rng.standard_normal((3, cols)).astype(np.float32)
+        assert_close(cpu_gemv.fp8_gemv(codes, scales, x3), cpu_gemv.fp8_gemv_reference(codes, scales, x3), cols)
         xs = rng.standard_normal((5, cols)).astype(np.float32)
         assert_close(cpu_gemm.fp8_gemm(codes, scales, xs), cpu_gemm.fp8_gemm_reference(codes, scales, xs), cols)
         out = np.empty((rows, cols), np.float32)

@@ -1,4 +1,5 @@
-"""The CPU decode rule (e4m3 through half precision) and the two vector loops against their plain-Python twins."""
+"""The CPU decode rules (e4m3 through half precision, and through byte tables) and the vector loops against their
+plain-Python twins."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import numpy as np
 import pytest
 
 from kimi_local.kernels.cpu_jit import jit
+from kimi_local.kernels.cpu_decode import (
+    HALF_BIAS_SHIFT, TABLE_ORDER, TABLE_STEP, decode_e4m3, e4m3_half_bits, half_to_float, to_table_order,
+)
 from kimi_local.kernels.cpu_simd import (
-    DOT_STEP, HALF_BIAS_SHIFT, LANES, TILE_ROWS, decode_e4m3, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2,
-    e4m3_dot_2x3, e4m3_dot_2x4, e4m3_half_bits, f32_tile, half_to_float,
+    DOT_STEP, LANES, ONE_TOKEN_TABLES, TILE_ROWS, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3,
+    e4m3_dot_2x4, f32_tile, one_token_input, one_token_order,
 )
 from kimi_local.model.fp8 import E4M3_TABLE
 from tests.kernels.cpu_cases import random_codes
@@ -25,11 +29,27 @@ def _decode_all(codes):
 
 
 @jit
-def _dots(codes, row, xs, xs_row, length):
+def _dots(codes, row, xs_one, scales, block, xs, xs_row, length):
     end = codes.shape[0]
-    return (e4m3_dot_1x1(codes, row, xs, xs_row, length, end), e4m3_dot_2x1(codes, row, xs, xs_row, length, end),
+    return (e4m3_dot_1x1(codes, row, xs_one, xs_row, length, end, scales, block),
+            e4m3_dot_2x1(codes, row, xs_one, xs_row, length, end, scales, block),
             e4m3_dot_2x2(codes, row, xs, xs_row, length, end), e4m3_dot_2x3(codes, row, xs, xs_row, length, end),
             e4m3_dot_2x4(codes, row, xs, xs_row, length, end))
+
+
+@jit
+def _one_hot_dots(codes, xs, scales):
+    """Row 0 of `codes` dotted with each row of `xs` (1x1 and both rows of 2x1, row 1 a copy of row 0)."""
+    out = np.empty((xs.shape[0], 3), np.float32)
+    for i in range(xs.shape[0]):
+        (out[i, 0],) = e4m3_dot_1x1(codes, 0, xs, i, codes.shape[1], 2, scales, 0)
+        out[i, 1], out[i, 2] = e4m3_dot_2x1(codes, 0, xs, i, codes.shape[1], 2, scales, 0)
+    return out
+
+
+@jit
+def _one_token_input(x, xs, length, factor):
+    one_token_input(x, xs, length, factor)
 
 
 @jit
@@ -60,14 +80,50 @@ def test_e4m3_dots_match_the_decoded_products(length):
     decoded = decode_e4m3(codes[:, :length]).astype(np.float64) / HALF_BIAS_SHIFT
     expected = decoded @ xs[:, :length].astype(np.float64).T  # [rows, tokens]
     tol = 1e-5 * (1 + np.abs(decoded).sum(axis=1).max() * np.abs(xs).max())
-    results = _dots(codes, 2, xs, 1, length)
+    # The one-token dots take unscaled xs and apply the block scales of row block 1 (columns' blocks 0, 1, ...).
+    scales = rng.uniform(0.5, 2.0, (3, -(-codes.shape[1] // 128))).astype(np.float32)
+    results = _dots(codes, 2, one_token_order(xs, length), scales, 1, xs, 1, length)
+    x_scaled = xs[:, :length].astype(np.float64) * np.repeat(scales[1].astype(np.float64), 128)[:length]
+    expected_one = decoded @ x_scaled.T
     for got, (rows, tokens) in zip(results, [(1, 1), (2, 1), (2, 2), (2, 3), (2, 4)]):
         assert len(got) == rows * tokens
-        assert np.allclose(np.reshape(got, (rows, tokens)), expected[2 : 2 + rows, 1 : 1 + tokens], rtol=0, atol=tol)
+        want = (expected_one if tokens == 1 else expected)[2 : 2 + rows, 1 : 1 + tokens]
+        assert np.allclose(np.reshape(got, (rows, tokens)), want, rtol=0, atol=2 * tol)
     # The same row and token give the same sum, in the same order, whatever else the pass computes; except
     # that on AVX2 the several-token passes take half-width steps (a different summation order).
     same_order = min(DOT_STEP, 2 * LANES) == DOT_STEP
     assert len({r[0] for r in results}) == 1 if same_order else len({r[0] for r in results[:2]}) == 1
+
+
+def test_one_token_dots_decode_every_code_exactly():
+    """Each code against a one-hot activation (placed where the one-token dots read it): the sum is exactly the
+    code's value / 256, so the byte tables (where used), the sign merge and the value order are all exact."""
+    codes = np.tile(np.arange(256, dtype=np.uint8), (2, 1))  # 4 DOT_STEPs on AVX-512, 8 on AVX2
+    got = _one_hot_dots(codes, one_token_order(np.eye(256, dtype=np.float32), 256), np.ones((1, 2), np.float32))
+    expected = decode_e4m3(codes[0]) / np.float32(HALF_BIAS_SHIFT)
+    for column in got.T:  # (a sum of signed zeros is +0, so the comparison is by value)
+        assert np.array_equal(column, expected)
+
+
+@pytest.mark.parametrize("length", [0, DOT_STEP, 5 * DOT_STEP])
+def test_one_token_input_orders_and_scales(length):
+    x = np.random.default_rng(length).standard_normal(length + 7).astype(np.float32)
+    xs = np.full_like(x, -1.0)
+    _one_token_input(x, xs, length, np.float32(256.0))
+    assert np.array_equal(xs[:length], one_token_order(x[None, :length], length)[0] * np.float32(256.0))
+    assert (xs[length:] == -1.0).all()  # columns past `length` untouched
+
+
+def test_table_order_is_a_permutation_within_each_step():
+    assert sorted(TABLE_ORDER.tolist()) == list(range(TABLE_STEP))
+    values = np.arange(3 * TABLE_STEP + 5, dtype=np.float32)[None, :]
+    ordered = to_table_order(values, 3 * TABLE_STEP)
+    for step in range(3):
+        assert np.array_equal(ordered[0, step * TABLE_STEP : (step + 1) * TABLE_STEP],
+                              values[0, step * TABLE_STEP + TABLE_ORDER])
+    assert np.array_equal(ordered[0, 3 * TABLE_STEP :], values[0, 3 * TABLE_STEP :])  # past `length`: unchanged
+    assert ONE_TOKEN_TABLES == (DOT_STEP == TABLE_STEP and np.array_equal(
+        one_token_order(values, 3 * TABLE_STEP), ordered))
 
 
 @pytest.mark.parametrize("klen,k0", [(1, 0), (5, 3), (128, 0), (200, 17)])
