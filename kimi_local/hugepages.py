@@ -11,11 +11,11 @@ of memory.
 
 from __future__ import annotations
 
+import errno
 import mmap
 
 import numpy as np
 
-HUGE_PAGE = 2 << 20
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # Linux >= 5.14; Python names it from 3.13
 
 
@@ -34,6 +34,10 @@ def anonymous_buffer(nbytes: int, populate: bool = True) -> tuple[mmap.mmap, np.
     if populate:
         try:
             buffer.madvise(MADV_POPULATE_WRITE)
-        except (OSError, ValueError):  # an older kernel: touch one byte per page
-            array[:: mmap.PAGESIZE] = 0
+        except OSError as exc:
+            if exc.errno == errno.ENOMEM:  # over a memory limit: say so rather than fault pages until killed
+                raise MemoryError(f"cannot populate {nbytes} bytes of anonymous memory: {exc}") from exc
+            if exc.errno != errno.EINVAL:
+                raise
+            array[:: mmap.PAGESIZE] = 0  # a kernel without MADV_POPULATE_WRITE (< 5.14): one byte per page
     return buffer, array

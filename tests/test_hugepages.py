@@ -7,6 +7,7 @@ import mmap
 import numpy as np
 import pytest
 
+from kimi_local import hugepages
 from kimi_local.hugepages import anonymous_buffer
 
 
@@ -36,3 +37,10 @@ def test_populate_faults_the_pages_in_at_once():
 def test_size_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         anonymous_buffer(0)
+
+
+def test_without_populate_advice_the_pages_are_touched_instead(monkeypatch):
+    monkeypatch.setattr(hugepages, "MADV_POPULATE_WRITE", 9999)  # an advice the kernel refuses (EINVAL)
+    before = _resident_kib()
+    _, array = hugepages.anonymous_buffer(32 << 20, populate=True)
+    assert _resident_kib() - before >= 30 << 10 and not array.any()

@@ -28,17 +28,18 @@ permutation of the codes (`TABLE_ORDER`): whatever they are dotted with is store
 Codes 0x7f/0xff are NaN in e4m3fn. The checkpoint's quantizer saturates at +-448 and never writes them; both
 routes read them as +-480 (what their bits mean as a half), neither checks for them.
 
-`NUMBA_CPU_NAME` / `NUMBA_CPU_FEATURES` (Numba's own settings for the machine code it targets) choose the route
-as they choose the instructions: with a CPU name and no features, the portable half route on 256-bit vectors.
+The routes and vector widths follow the CPU features Numba compiles for (`target_features`), so that the code
+asks only for instructions the compiler may use: NUMBA_CPU_FEATURES, NUMBA_ENABLE_AVX=0 and a host without
+AVX-512 all get the half route on 256-bit (or narrower) vectors.
 """
 
 from __future__ import annotations
 
-import llvmlite.binding as llvm_binding
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import codegen as numba_codegen
 from numba.extending import intrinsic, overload
 
 from kimi_local.kernels.cpu_ir import F32, I8, I16, I32, call_intrinsic, concat, vector
@@ -48,11 +49,12 @@ HALF_BIAS_SHIFT = 256.0  # e4m3 value = decoded value * 2^8 (both routes)
 
 
 def target_features() -> frozenset[str]:
-    """The CPU features Numba compiles for: NUMBA_CPU_FEATURES if set, none beyond the baseline if only
-    NUMBA_CPU_NAME is set (a portable build), else the host's."""
+    """The CPU features Numba compiles for, as Numba's JIT picks them: NUMBA_CPU_FEATURES if set, else the
+    host's (without the AVX family if NUMBA_ENABLE_AVX=0). NUMBA_CPU_NAME alone changes the CPU model, not
+    these; a portable build names both (say `haswell` and an empty feature list: that model's own)."""
     features = numba.config.CPU_FEATURES
     if features is None:
-        features = "" if numba.config.CPU_NAME else llvm_binding.get_host_cpu_features().flatten()
+        features = numba_codegen.get_host_cpu_features()
     return frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
 
 

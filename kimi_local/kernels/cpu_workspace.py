@@ -9,7 +9,8 @@ wrapper does as little as it can per call:
 
 * the RAM expert cache hands out the same `ExpertWeights` object for as long as an expert stays cached, so an
   expert is checked once per object and its addresses remembered (an entry holds its object weakly and serves
-  only that very object, alive);
+  only that very object, alive). An expert whose scales had to be copied (strided or misaligned) is checked,
+  and copied, anew on every call, so that the kernel always reads its current values;
 * scratch buffers are views of buffers kept here, made once per batch shape.
 """
 
@@ -31,20 +32,22 @@ MATRICES = ("gate", "up", "down")
 
 
 def checked_expert(i: int, w: ExpertWeights) -> tuple[tuple[int, int], tuple[int, ...], list]:
-    """Expert #i's (I, H), the addresses of its codes and scales for gate, up and down (six ints) and the arrays
-    to keep alive while a kernel reads them (scales copied by the check, if any); every array checked."""
+    """Expert #i's (I, H), the addresses of its codes and scales for gate, up and down (six ints) and the
+    copies the check made (scales that were strided or misaligned: the kernel reads those, so they must live
+    as long as the addresses are used); every array checked."""
     inter, hidden = w.gate_q.shape
     addresses: list[int] = []
-    alive = []
+    copies = []
     for name, codes, scales, shape in (("gate", w.gate_q, w.gate_s, (inter, hidden)),
                                        ("up", w.up_q, w.up_s, (inter, hidden)),
                                        ("down", w.down_q, w.down_s, (hidden, inter))):
         if codes.shape != shape:
             raise ValueError(f"expert #{i} {name}_q has shape {codes.shape}, expected {shape} (from its gate_q)")
-        codes, scales = check_fp8_arrays(f"expert #{i} {name}", codes, scales)
-        addresses += [address_of(codes), address_of(scales)]
-        alive.append(scales)
-    return (inter, hidden), tuple(addresses), alive
+        checked_codes, checked_scales = check_fp8_arrays(f"expert #{i} {name}", codes, scales)
+        addresses += [address_of(checked_codes), address_of(checked_scales)]
+        if checked_scales is not scales:
+            copies.append(checked_scales)
+    return (inter, hidden), tuple(addresses), copies
 
 
 class Workspace:
@@ -53,7 +56,7 @@ class Workspace:
     def __init__(self):
         self._buffers: dict[str, np.ndarray] = {}
         self._scratch: dict[tuple[int, int, int, int], tuple[np.ndarray, ...]] = {}
-        self._experts: dict[int, tuple[weakref.ref, tuple[int, int], tuple[int, ...], list]] = {}
+        self._experts: dict[int, tuple[weakref.ref, tuple[int, int], tuple[int, ...]]] = {}
 
     def get(self, name: str, shape: tuple[int, ...], zero: bool = False) -> np.ndarray:
         """A float32 view of `shape` on the buffer `name` (grown as needed; contents undefined unless `zero`)."""
@@ -83,21 +86,24 @@ class Workspace:
 
     def weight_table(self, experts: Sequence[ExpertWeights]) -> tuple[np.ndarray, list]:
         """int64 [E, 6]: the addresses of each expert's gate, up and down codes and scales (every expert checked,
-        once per object, and of expert #0's shapes); plus the arrays to keep alive while the kernel runs."""
+        once per object, and of expert #0's shapes); plus the copies to keep alive while the kernel runs."""
         rows, alive = [], []
         first = None
         for i, w in enumerate(experts):
             entry = self._experts.get(id(w))
             if entry is None or entry[0]() is not w:
-                entry = (weakref.ref(w), *checked_expert(i, w))
-                self._remember(id(w), entry)
+                shape, addresses, copies = checked_expert(i, w)
+                entry = (weakref.ref(w), shape, addresses)
+                if copies:
+                    alive.append(copies)
+                else:
+                    self._remember(id(w), entry)
             shape = entry[1]
             if first is None:
                 first = shape
             elif shape != first:
                 raise ValueError(f"expert #{i} gate_q has shape {shape}, expected {first} (like expert #0)")
             rows.append(entry[2])
-            alive.append(entry[3])
         return np.array(rows, np.int64), alive
 
     def _remember(self, key: int, entry: tuple) -> None:

@@ -152,3 +152,29 @@ def test_a_workspace_checks_each_expert_object_once(monkeypatch):
     bad = ExpertWeights(*astuple(experts[0])[:5], experts[0].down_s.astype(np.float64))
     with pytest.raises(TypeError, match="expert #1 down"):
         moe_forward(x, ids, weights, [0, 1, 2], [experts[0], bad, experts[2]], ws)
+
+
+def test_an_expert_with_copied_scales_is_read_anew_each_call():
+    """Strided scales are copied for the kernel: such an expert is not remembered, so changes reach the kernel."""
+    rng = np.random.default_rng(10)
+    experts = [random_expert(rng, 32, 64) for _ in range(2)]
+    strided = np.asfortranarray(experts[1].gate_s)
+    experts[1] = ExpertWeights(experts[1].gate_q, strided, *astuple(experts[1])[2:])
+    x, ids, weights = rng.standard_normal((1, 64)).astype(np.float32), np.array([[0, 1]]), np.ones((1, 2), np.float32)
+    ws = Workspace()
+    first = moe_forward(x, ids, weights, [0, 1], experts, ws)
+    strided *= 2
+    second = moe_forward(x, ids, weights, [0, 1], experts, ws)
+    assert np.array_equal(second, moe_forward(x, ids, weights, [0, 1], experts)) and not np.array_equal(first, second)
+
+
+def test_scratch_views_follow_growing_buffers():
+    rng = np.random.default_rng(11)
+    expert_ids = np.arange(3)
+    experts = [random_expert(rng, 64, 96) for _ in expert_ids]
+    ws = Workspace()
+    for num_tokens in (1, 30, 1, 2, 30):  # each size after a larger one was seen, and growth after reuse
+        ids, weights = routing(rng, num_tokens, 2, expert_ids, skew=0.8)
+        x = rng.standard_normal((num_tokens, 96)).astype(np.float32)
+        assert np.array_equal(moe_forward(x, ids, weights, expert_ids, experts, ws),
+                              moe_forward(x, ids, weights, expert_ids, experts))
