@@ -11,7 +11,8 @@ that every figure sees the same machine load; each figure is the best round:
   `moe_forward`, the experts in slots of one buffer as the RAM expert cache holds them, rotating over
   several distinct copies so that no weight byte comes from a cache, each pass after one untimed call (see
   `per_set`); reported as fp8 weight bytes per second (= weights per second). Torch's side: the same experts
-  already dequantized to bf16, `F.linear` per matrix (what a user would run), in weights per second;
+  already dequantized to bf16 (copies in the same kind of memory), `F.linear` per matrix (what a user would
+  run), in weights per second;
 * prefill: 16, 64 and 256 tokens through one expert (`moe_forward`, the decode-once GEMM path) against torch
   fp32 matmuls on the same expert dequantized to float32, in GFLOP/s (2 * tokens * 3 * I * H per pass).
 
@@ -87,6 +88,15 @@ def dequantized(w: ExpertWeights, dtype: torch.dtype) -> tuple[torch.Tensor, tor
                  for q, s in ((w.gate_q, w.gate_s), (w.up_q, w.up_s), (w.down_q, w.down_s)))
 
 
+def same_memory_kind(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` in memory allocated as our experts' is (huge pages where allowed), so that both sides of the
+    decode comparison read the same kind of memory."""
+    _, raw = anonymous_buffer(t.numel() * t.element_size())
+    copy = torch.from_numpy(raw).view(t.dtype).view(t.shape)
+    copy.copy_(t)
+    return copy
+
+
 def torch_experts(x: torch.Tensor, experts: list[tuple[torch.Tensor, ...]], weights: list[float]) -> torch.Tensor:
     """What a user would run on dequantized weights: per expert three F.linear calls, weighted sum."""
     out = torch.zeros_like(x)
@@ -132,7 +142,7 @@ def _decode_figures(sizes: BenchSizes, base: list[ExpertWeights], rng: np.random
     num_sets = max(2, -(-sizes.rotation_bytes // set_bytes))
     ours_sets = [in_slots(base) for _ in range(num_sets)]
     torch_base = [dequantized(w, torch.bfloat16) for w in base]
-    torch_sets = [torch_base] + [[tuple(t.clone() for t in e) for e in torch_base] for _ in range(num_sets - 1)]
+    torch_sets = [[tuple(same_memory_kind(t) for t in e) for e in torch_base] for _ in range(num_sets)]
     routing_weights = (rng.random((1, k), dtype=np.float32) + 0.5) / k
     x = rng.standard_normal((1, sizes.hidden), dtype=np.float32)
     x_bf16 = torch.from_numpy(x).to(torch.bfloat16)
