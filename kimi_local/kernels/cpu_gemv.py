@@ -20,14 +20,15 @@ import numpy as np
 from numba import prange
 
 from kimi_local.kernels.cpu_checks import check_activations, check_fp8_weight
-from kimi_local.kernels.cpu_jit import jit, parallel_jit
 from kimi_local.kernels.cpu_decode import HALF_BIAS_SHIFT, e4m3_half_bits, half_to_float
+from kimi_local.kernels.cpu_jit import jit, parallel_jit
 from kimi_local.kernels.cpu_sched import claim_rows, min_run_rows
 from kimi_local.kernels.cpu_simd import (
     DOT_STEP, DOT_TOKENS, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3, e4m3_dot_2x4, one_token_input,
     prefetch_head,
 )
 from kimi_local.model.fp8 import BLOCK, dequantize
+
 
 @jit
 def scale_activation(x, scale_row, xs):
