@@ -23,7 +23,7 @@ high byte, byte unpacks pair the two bytes into 16-bit words, and a shift and a 
 of a 32-bit lane. 13 vector micro-ops per 64 codes against the half route's 20; the one-token GEMV streams
 14% faster from L1 here. The unpacks work within 128-bit lanes, so the 64 values come out in a fixed
 permutation of the codes (`TABLE_ORDER`): whatever they are dotted with is stored in that order
-(`to_table_order`), which costs nothing, since the kernels build a scaled copy of the activations anyway.
+(`cpu_simd.one_token_order`), which costs nothing, since the kernels build a scaled copy of the activations anyway.
 
 Codes 0x7f/0xff are NaN in e4m3fn. The checkpoint's quantizer saturates at +-448 and never writes them; both
 routes read them as +-480 (what their bits mean as a half), neither checks for them.
@@ -58,8 +58,9 @@ def target_features() -> frozenset[str]:
     return frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
 
 
-AVX512 = "avx512f" in target_features()
-TABLE_DECODE = AVX512 and "avx512vbmi" in target_features()
+_FEATURES = target_features()
+AVX512 = "avx512f" in _FEATURES
+TABLE_DECODE = AVX512 and "avx512vbmi" in _FEATURES
 
 
 # -- the rules in scalar and numpy form (the references and the kernels' plain-Python twins) ------------------
@@ -137,15 +138,6 @@ def _top_bytes() -> tuple[np.ndarray, np.ndarray]:
 _LOW_TABLE, _HIGH_TABLE = _top_bytes()
 
 
-def to_table_order(values: np.ndarray, length: int) -> np.ndarray:
-    """A copy of `values [..., K]` whose first `length` columns (a multiple of TABLE_STEP) are in the order the
-    byte-table route decodes codes: step by step, TABLE_ORDER within each step."""
-    out = np.array(values, copy=True)
-    steps = values[..., :length].reshape(*values.shape[:-1], -1, TABLE_STEP)
-    out[..., :length] = steps[..., TABLE_ORDER].reshape(*values.shape[:-1], length)
-    return out
-
-
 def e4m3_to_float_table(builder, raw):
     """<64 x i8> e4m3 codes -> <64 x float> of their values / 256, value q from code TABLE_ORDER[q]."""
     bytes64 = vector(I8, TABLE_STEP)
@@ -155,8 +147,8 @@ def e4m3_to_float_table(builder, raw):
         return call_intrinsic(builder, "llvm.x86.avx512.vpermi2var.qi.512", bytes64, [first, raw, second])
 
     low = lookup(_LOW_TABLE)
-    high = builder.or_(builder.and_(lookup(_HIGH_TABLE), ir.Constant(bytes64, [0x7F] * 64)),
-                       builder.and_(raw, ir.Constant(bytes64, [0x80] * 64)))  # the code's sign
+    # The tables hold magnitudes (their bytes' bit 7 is 0): the code's sign is merged into the high byte.
+    high = builder.or_(lookup(_HIGH_TABLE), builder.and_(raw, ir.Constant(bytes64, [0x80] * 64)))
     dwords, floats = vector(I32, 16), vector(F32, 16)
     parts = []
     for half in (0, 1):  # words of codes 0..7, then 8..15, of each 16-byte lane: [low byte, high byte] pairs

@@ -27,7 +27,7 @@ from numba.extending import intrinsic, overload
 
 from kimi_local.kernels.cpu_decode import (
     AVX512, HALF_BIAS_SHIFT, TABLE_DECODE, TABLE_ORDER, TABLE_STEP, decode_e4m3, e4m3_to_float,
-    e4m3_to_float_table, to_table_order,
+    e4m3_to_float_table,
 )
 from kimi_local.kernels.cpu_ir import (
     F32, I8, I32, I64, as_intp, fma, horizontal_sum, is_c_array, load_vector, prefetch_l2, splat, vector,
@@ -55,9 +55,12 @@ STEP_ORDER = TABLE_ORDER if ONE_TOKEN_TABLES else np.arange(DOT_STEP)  # one-tok
 
 
 def one_token_order(xs: np.ndarray, length: int) -> np.ndarray:
-    """`xs [..., K]` as the one-token dots read it: its first `length` columns (a DOT_STEP multiple) in the byte
-    tables' order where those are used, else unchanged (a copy either way)."""
-    return to_table_order(xs, length) if ONE_TOKEN_TABLES else np.array(xs, copy=True)
+    """A copy of `xs [..., K]` as the one-token dots read it: its first `length` columns (a DOT_STEP multiple)
+    step by step, STEP_ORDER within each step (the byte tables' order where those are used, else unchanged)."""
+    out = np.array(xs, copy=True)
+    steps = out[..., :length].reshape(*out.shape[:-1], -1, DOT_STEP)
+    out[..., :length] = steps[..., STEP_ORDER].reshape(*out.shape[:-1], length)
+    return out
 
 
 # -- e4m3 rows . float32 vector -------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kimi_local.kernels.cpu_jit import jit
 from kimi_local.kernels.cpu_decode import (
-    HALF_BIAS_SHIFT, TABLE_ORDER, TABLE_STEP, decode_e4m3, e4m3_half_bits, half_to_float, to_table_order,
+    HALF_BIAS_SHIFT, TABLE_ORDER, TABLE_STEP, decode_e4m3, e4m3_half_bits, half_to_float, target_features,
 )
+from kimi_local.kernels.cpu_jit import jit
 from kimi_local.kernels.cpu_simd import (
-    DOT_STEP, LANES, ONE_TOKEN_TABLES, TILE_ROWS, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2, e4m3_dot_2x3,
-    e4m3_dot_2x4, f32_tile, one_token_input, one_token_order,
+    DOT_STEP, LANES, ONE_TOKEN_TABLES, STEP_ORDER, TILE_ROWS, e4m3_dot_1x1, e4m3_dot_2x1, e4m3_dot_2x2,
+    e4m3_dot_2x3, e4m3_dot_2x4, f32_tile, one_token_input, one_token_order,
 )
 from kimi_local.model.fp8 import E4M3_TABLE
 from tests.kernels.cpu_cases import random_codes
@@ -112,16 +112,16 @@ def test_one_token_input_orders_and_scales(length):
     assert (xs[length:] == -1.0).all()  # columns past `length` untouched
 
 
-def test_table_order_is_a_permutation_within_each_step():
+def test_one_token_order_permutes_within_each_step():
     assert sorted(TABLE_ORDER.tolist()) == list(range(TABLE_STEP))
-    values = np.arange(3 * TABLE_STEP + 5, dtype=np.float32)[None, :]
-    ordered = to_table_order(values, 3 * TABLE_STEP)
+    assert np.array_equal(STEP_ORDER, TABLE_ORDER if ONE_TOKEN_TABLES else np.arange(DOT_STEP))
+    values = np.arange(3 * DOT_STEP + 5, dtype=np.float32)[None, :]
+    ordered = one_token_order(values, 3 * DOT_STEP)
     for step in range(3):
-        assert np.array_equal(ordered[0, step * TABLE_STEP : (step + 1) * TABLE_STEP],
-                              values[0, step * TABLE_STEP + TABLE_ORDER])
-    assert np.array_equal(ordered[0, 3 * TABLE_STEP :], values[0, 3 * TABLE_STEP :])  # past `length`: unchanged
-    assert ONE_TOKEN_TABLES == (DOT_STEP == TABLE_STEP and np.array_equal(
-        one_token_order(values, 3 * TABLE_STEP), ordered))
+        assert np.array_equal(ordered[0, step * DOT_STEP : (step + 1) * DOT_STEP],
+                              values[0, step * DOT_STEP + STEP_ORDER])
+    assert np.array_equal(ordered[0, 3 * DOT_STEP :], values[0, 3 * DOT_STEP :])  # past `length`: unchanged
+    assert ONE_TOKEN_TABLES == (DOT_STEP == TABLE_STEP and "avx512vbmi" in target_features())
 
 
 @pytest.mark.parametrize("klen,k0", [(1, 0), (5, 3), (128, 0), (200, 17)])
